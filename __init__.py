@@ -1,0 +1,82 @@
+"""Federator: a federated-learning coordinator with MLOps hooks.
+
+A federation config drives Flower rounds; every aggregated global model becomes an MLflow
+model version with its lineage; a validation gate decides which version is the ``champion``.
+
+This module is the package's front door. It holds the version and the one exception tree
+every part of Federator raises from, so callers can catch ``FederatorError`` and know the
+message is meant for a person::
+
+    FederatorError
+    ├── ConfigError            a federation config (or CLI override) is invalid
+    ├── DataError              data is missing, malformed or does not fit the task
+    ├── TaskError              a task cannot be loaded or breaks the task protocol
+    ├── RegistryError          unknown or duplicate name in a registry
+    ├── TrackingError          MLflow cannot be reached or refused a write
+    ├── UpdateRejected         a client's update failed screening (the round goes on)
+    ├── FederationFailed       a federation stopped before its last round
+    ├── PrivacyBudgetExhausted a client refuses to spend more privacy budget
+    └── SignatureInvalid       a release's signature or digests do not verify
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FederationFailed",
+    "FederatorError",
+    "PrivacyBudgetExhausted",
+    "RegistryError",
+    "SignatureInvalid",
+    "TaskError",
+    "TrackingError",
+    "UpdateRejected",
+    "__version__",
+]
+
+
+class FederatorError(Exception):
+    """Base of every error Federator raises on purpose; its message is meant for a person."""
+
+
+class ConfigError(FederatorError):
+    """A federation config or override is invalid. Nothing has been started."""
+
+
+class DataError(FederatorError):
+    """Data is missing, malformed, or does not fit the task."""
+
+
+class TaskError(FederatorError):
+    """A task cannot be imported, or it does not follow the task protocol."""
+
+
+class RegistryError(FederatorError):
+    """A registry lookup failed (unknown name) or a registration clashed (duplicate name)."""
+
+
+class TrackingError(FederatorError):
+    """The MLflow tracking server or store cannot be reached, or refused a write."""
+
+
+class UpdateRejected(FederatorError):
+    """A client's update failed screening; it is left out and the round goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FederationFailed(FederatorError):
+    """A federation stopped before its last round (for instance, too few clients replied)."""
+
+
+class PrivacyBudgetExhausted(FederatorError):
+    """A client's next round would exceed the privacy budget its own policy allows."""
+
+
+class SignatureInvalid(FederatorError):
+    """A release's signature, digests or version do not verify; nothing is installed."""

@@ -1,0 +1,157 @@
+"""The Federator ClientApp: local training and evaluation on a node's own data.
+
+One app serves simulation and (later) deployment. Each message carries the coordinator's
+instructions (`federator.client.instructions`); the node's identity and data come from its
+own node config — in simulation, Flower's ``partition-id`` / ``num-partitions``.
+
+Expected refusals (malformed instructions, a global model that does not fit the task, data
+that cannot be loaded) are answered with an error reply naming the reason, so the coordinator
+can log it and carry on with the other clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federator import FederatorError, __version__
+from federator.client.instructions import Instructions, read_instructions
+from federator.client.tasks import Task, resolve_task
+from federator.client.weights import load_arrays, model_arrays
+from federator.simulations.partition import ClientData, client_data
+from federator.strategies.screening import LABEL_KEY, META_KEY, NUM_EXAMPLES
+
+# Error code for refusals Federator makes on purpose (Flower's own codes are 0–8).
+REFUSED = 100
+
+
+def node_label(context: Context) -> str:
+    """A stable name for this node: its configured ``name``, else its simulation partition."""
+    name = context.node_config.get("name")
+    if isinstance(name, str) and name:
+        return name
+    pid = context.node_config.get("partition-id")
+    if pid is None:
+        raise FederatorError(
+            "this node has neither a 'name' nor a 'partition-id' in its node config"
+        )
+    return f"partition-{int(pid)}"
+
+
+def _meta(context: Context) -> ConfigRecord:
+    return ConfigRecord({LABEL_KEY: node_label(context), "federator-version": __version__})
+
+
+def _local_data(instr: Instructions, context: Context) -> ClientData:
+    spec = instr.data.spec()
+    num = context.node_config.get("num-partitions")
+    if num is not None and int(num) != spec.clients:
+        raise FederatorError(
+            f"the coordinator plans {spec.clients} clients but this "
+            f"simulation runs {int(num)} nodes"
+        )
+    pid = context.node_config.get("partition-id")
+    if pid is None:
+        raise FederatorError(
+            "this node has no 'partition-id': deployment data loading is not available yet"
+        )
+    return client_data(spec, int(pid))
+
+
+def _round_seed(instr: Instructions, server_round: int, label: str) -> int:
+    digest = hashlib.sha256(f"{instr.training.seed}:{server_round}:{label}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _prepare(
+    msg: Message, context: Context
+) -> tuple[Instructions, Task, ClientData, torch.nn.Module]:
+    torch.set_num_threads(1)
+    config = msg.content.config_records.get("config", ConfigRecord())
+    instr = read_instructions(config)
+    task = resolve_task(instr.task)
+    data = _local_data(instr, context)
+    model = task.build_model()
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None:
+        raise FederatorError("the message carries no global model ('arrays')")
+    load_arrays(model, arrays)
+    return instr, task, data, model
+
+
+def _refusing(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except FederatorError as err:
+            return Message(Error(code=REFUSED, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model for one round on the local training split."""
+    instr, task, data, model = _prepare(msg, context)
+    config = msg.content.config_records.get("config", ConfigRecord())
+    server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
+    mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+    settings = instr.settings(
+        round_seed=_round_seed(instr, server_round, node_label(context)), proximal_mu=mu
+    )
+    metrics = task.train(model, data.train, settings)
+    content = RecordDict(
+        {
+            "arrays": model_arrays(model),
+            "metrics": MetricRecord({NUM_EXAMPLES: len(data.train), **metrics}),
+            META_KEY: _meta(context),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the local validation split."""
+    _, task, data, model = _prepare(msg, context)
+    if len(data.val) == 0:
+        raise FederatorError("this client has no validation examples")
+    result = task.evaluate(model, data.val)
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    NUM_EXAMPLES: result.num_examples,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                }
+            ),
+            META_KEY: _meta(context),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def hello(msg: Message, context: Context) -> Message:
+    """Introduce this node: its label and Federator version (sent once per federation)."""
+    return Message(content=RecordDict({META_KEY: _meta(context)}), reply_to=msg)
+
+
+def build_client_app() -> ClientApp:
+    """A ClientApp wired to the handlers above."""
+    app = ClientApp()
+    app.train()(_refusing(train))
+    app.evaluate()(_refusing(evaluate))
+    app.query()(_refusing(hello))
+    return app
+
+
+app = build_client_app()
+
+__all__ = ["REFUSED", "app", "build_client_app", "evaluate", "hello", "node_label", "train"]

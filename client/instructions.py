@@ -1,0 +1,91 @@
+"""What the coordinator tells clients each round, and how clients validate it.
+
+The server sends one JSON document under the ``federator`` key of the train/evaluate
+ConfigRecord. To a client that document is untrusted input, so it is parsed here with a
+strict pydantic schema before anything uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from flwr.app import ConfigRecord
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from federator import UpdateRejected
+from federator.client.tasks import Optimizer, TrainSettings
+from federator.simulations.partition import Partitioner, SimulationData
+
+INSTRUCTIONS_KEY = "federator"
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataInstructions(BaseModel):
+    """The simulated data split (deployment nodes use their own data instead)."""
+
+    model_config = _Strict
+    dataset: str
+    clients: Annotated[int, Field(ge=1)]
+    partitioner: Partitioner
+    seed: int
+    alpha: Annotated[float, Field(gt=0)]
+    min_partition_size: Annotated[int, Field(ge=0)]
+    shards_per_client: Annotated[int, Field(ge=1)]
+    server_holdout: Annotated[float, Field(gt=0, lt=1)]
+    client_val_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+    def spec(self) -> SimulationData:
+        return SimulationData(**self.model_dump())
+
+
+class TrainingInstructions(BaseModel):
+    """Local training settings (the proximal term comes from FedProx's ``proximal-mu``)."""
+
+    model_config = _Strict
+    epochs: Annotated[int, Field(ge=1, le=1000)]
+    batch_size: Annotated[int, Field(ge=1)]
+    optimizer: Optimizer
+    lr: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    seed: int
+
+
+class Instructions(BaseModel):
+    """Everything a client needs for one round."""
+
+    model_config = _Strict
+    federation: str
+    task: str
+    data: DataInstructions
+    training: TrainingInstructions
+
+    def settings(self, *, round_seed: int, proximal_mu: float) -> TrainSettings:
+        t = self.training
+        return TrainSettings(
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=t.optimizer,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            proximal_mu=proximal_mu,
+            seed=round_seed,
+        )
+
+    def to_config(self) -> ConfigRecord:
+        """The ConfigRecord entry the server sends."""
+        return ConfigRecord({INSTRUCTIONS_KEY: self.model_dump_json()})
+
+
+def read_instructions(config: ConfigRecord) -> Instructions:
+    """Parse the instructions in a received ConfigRecord; `UpdateRejected` if malformed."""
+    raw = config.get(INSTRUCTIONS_KEY)
+    if not isinstance(raw, str):
+        raise UpdateRejected(f"the message carries no {INSTRUCTIONS_KEY!r} instructions")
+    try:
+        return Instructions.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UpdateRejected(f"malformed instructions at {where}: {first['msg']}") from None

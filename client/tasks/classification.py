@@ -1,0 +1,95 @@
+"""`ClassificationTask`: the protocol implemented for PyTorch classifiers.
+
+Cross-entropy loss, SGD or Adam, optional FedProx proximal term. Training is deterministic
+for a given ``settings.seed`` (seeded shuffling and torch RNG), which is what makes a rerun
+of a federation with the same seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from federator.client.tasks.protocol import Evaluation, Optimizer, TrainSettings
+from federator.simulations.datasets import ArrayData
+
+_EVAL_BATCH = 512
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer is Optimizer.ADAM:
+        return torch.optim.Adam(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+
+
+def _tensors(data: ArrayData) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationTask:
+    """A classifier built by ``model_factory``, trained with cross-entropy."""
+
+    name: str
+    dataset: str
+    input_shape: tuple[int, ...]
+    model_factory: Callable[[], nn.Module]
+
+    def build_model(self) -> nn.Module:
+        return self.model_factory()
+
+    def train(self, model: nn.Module, data: ArrayData, settings: TrainSettings) -> dict[str, float]:
+        torch.manual_seed(settings.seed)
+        loader = DataLoader(
+            _tensors(data),
+            batch_size=settings.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
+        optimizer = _optimizer(model, settings)
+        anchor = (
+            [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else []
+        )
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for _ in range(settings.epochs):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                if anchor:
+                    prox = sum(
+                        ((p - a) ** 2).sum()
+                        for p, a in zip(model.parameters(), anchor, strict=True)
+                    )
+                    loss = loss + settings.proximal_mu / 2 * prox
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach()) * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
+        return {"train-loss": total_loss / max(seen, 1), "train-accuracy": correct / max(seen, 1)}
+
+    def evaluate(self, model: nn.Module, data: ArrayData) -> Evaluation:
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        model.eval()
+        total_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for xb, yb in DataLoader(_tensors(data), batch_size=_EVAL_BATCH):
+                logits = model(xb)
+                total_loss += float(loss_fn(logits, yb))
+                correct += int((logits.argmax(1) == yb).sum())
+        n = len(data)
+        return Evaluation(loss=total_loss / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)

@@ -1,0 +1,394 @@
+"""From a ``federation.toml`` (plus overrides) to a frozen, cross-checked `FederationPlan`.
+
+Validation happens in two layers: the pydantic schema (`federator.server.config`) checks each
+key on its own; `build_plan` then checks what only the whole config can tell — a minimum
+number of nodes larger than the federation, a gate that needs client evaluations nobody runs,
+Krum's bound on malicious nodes, settings given for a partitioner that is not used. All
+problems are reported together, each with its key path and the file it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp.strategy import Strategy
+from pydantic import BaseModel, ValidationError
+
+from federator import ConfigError, FederatorError
+from federator.client.tasks import Optimizer, Task, TrainSettings, resolve_task
+from federator.server._overrides import Override, apply_overrides
+from federator.server.config import FederationConfig, GateMetric
+from federator.server.gate import GatePolicy
+from federator.simulations.partition import Partitioner, SimulationData
+from federator.strategies import STRATEGIES, Sampling, StrategySpec
+
+_TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyPlan:
+    """The strategy to build and how rounds sample nodes."""
+
+    name: str
+    spec: StrategySpec
+    params: BaseModel
+    sampling: Sampling
+    min_replies: int
+    round_timeout: float
+
+    def build(self) -> Strategy:
+        """A fresh Flower strategy (unwrapped)."""
+        return self.spec.build(self.sampling, self.params)
+
+    @property
+    def train_nodes_per_round(self) -> int:
+        return _sampled(
+            self.sampling.min_available_nodes,
+            self.sampling.fraction_train,
+            self.sampling.min_train_nodes,
+        )
+
+    @property
+    def evaluate_nodes_per_round(self) -> int:
+        if self.sampling.fraction_evaluate == 0:
+            return 0
+        return _sampled(
+            self.sampling.min_available_nodes,
+            self.sampling.fraction_evaluate,
+            self.sampling.min_evaluate_nodes,
+        )
+
+
+def _sampled(available: int, fraction: float, minimum: int) -> int:
+    """How many nodes Flower samples: ``max(int(available × fraction), minimum)``."""
+    return max(int(available * fraction), minimum)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingPlan:
+    """Where runs, metrics and model versions are recorded."""
+
+    uri: str
+    artifact_location: str | None
+    experiment: str
+    registered_model: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.uri.startswith(("sqlite:", "file:"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationPlan:
+    """Everything a federation run needs, validated and frozen."""
+
+    name: str
+    rounds: int
+    seed: int
+    task_ref: str
+    data: SimulationData
+    strategy: StrategyPlan
+    training: TrainSettings
+    tracking: TrackingPlan
+    gate: GatePolicy
+    source: str
+    resolved: Mapping[str, Any] = field(repr=False)
+    config_hash: str
+
+    def task(self) -> Task:
+        """The task object (built-in or imported)."""
+        return resolve_task(self.task_ref)
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved config flattened to ``section.key`` → text (for MLflow params)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+        walk("", self.resolved)
+        return out
+
+    def with_rounds(self, rounds: int) -> FederationPlan:
+        """The same plan with another number of rounds (benchmarks and tests)."""
+        return replace(self, rounds=rounds)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+
+
+def bundled_examples() -> list[str]:
+    """Names of the example configs shipped in ``federator.simulations``."""
+    root = resources.files("federator.simulations")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def resolve_config_path(ref: str | Path) -> Path:
+    """A config path, or the bundled example of that name (``demo``, ``mnist-cnn``, ...)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    bundled = resources.files("federator.simulations") / f"{ref}.toml"
+    if isinstance(bundled, Path) and bundled.is_file():
+        return bundled
+    if path.exists():
+        raise ConfigError(f"{path}: is not a file")
+    examples = ", ".join(bundled_examples())
+    raise ConfigError(f"{path}: no such file (bundled examples: {examples})")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors name the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _allowed_keys(loc: Sequence[int | str]) -> list[str]:
+    model: type[BaseModel] | None = FederationConfig
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part)) if model else None
+        ann = info.annotation if info else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return sorted(model.model_fields) if model else []
+
+
+def _pydantic_problems(err: ValidationError, prefix: Sequence[str] = ()) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = [*prefix, *e["loc"]]
+        where = _format_loc(loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc) if not prefix else []
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            problems.append(f"{where}: unknown key{hint}")
+        elif e["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            problems.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return problems
+
+
+def _origin_notes(problems: list[str], overrides: Sequence[Override]) -> list[str]:
+    out = []
+    for problem in problems:
+        notes = [o.origin for o in overrides if problem.startswith(".".join(o.path))]
+        out.append(problem + (f"  [from {notes[-1]}]" if notes else ""))
+    return out
+
+
+def _cross_checks(
+    cfg: FederationConfig, spec: StrategySpec | None, params: BaseModel | None, task: Task | None
+) -> list[str]:
+    problems: list[str] = []
+    d, s, g, t = cfg.data, cfg.strategy, cfg.gate, cfg.training
+    n = d.clients
+    for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+        value = getattr(s, key)
+        if value is not None and value > n:
+            problems.append(f"strategy.{key}: {value} is more than the {n} clients in data.clients")
+    avail = s.min_available_nodes or n
+    train_nodes = _sampled(avail, s.fraction_train, s.min_train_nodes or min(2, n))
+    if s.min_replies > train_nodes:
+        problems.append(
+            f"strategy.min_replies: {s.min_replies} is more than the "
+            f"{train_nodes} nodes a round samples for training"
+        )
+    eval_nodes = (
+        0
+        if s.fraction_evaluate == 0
+        else _sampled(avail, s.fraction_evaluate, s.min_evaluate_nodes or min(2, n))
+    )
+    if eval_nodes > 0 and d.client_val_fraction == 0:
+        problems.append(
+            "data.client_val_fraction: is 0, so clients have nothing to evaluate "
+            "on, but strategy.fraction_evaluate asks them to (set it above 0, or "
+            "strategy.fraction_evaluate = 0)"
+        )
+    if g.max_client_spread is not None and eval_nodes < 2:
+        problems.append(
+            f"gate.max_client_spread: needs ≥ 2 client evaluations per round, but "
+            f"a round asks {eval_nodes} (raise strategy.fraction_evaluate or remove "
+            "the spread limit)"
+        )
+    if g.metric is GateMetric.ACCURACY and not 0 <= g.threshold <= 1:
+        problems.append(
+            f"gate.threshold: accuracy threshold must be within [0, 1], got {g.threshold}"
+        )
+    if t.optimizer is Optimizer.ADAM and "momentum" in t.model_fields_set:
+        problems.append("training.momentum: applies to optimizer = 'sgd' only")
+    by_partitioner = {
+        "alpha": Partitioner.DIRICHLET,
+        "min_partition_size": Partitioner.DIRICHLET,
+        "shards_per_client": Partitioner.SHARDS,
+    }
+    for key, owner in by_partitioner.items():
+        if key in d.model_fields_set and d.partitioner is not owner:
+            problems.append(
+                f"data.{key}: applies to partitioner = '{owner.value}' only, not "
+                f"'{d.partitioner.value}'"
+            )
+    if spec is not None and params is not None:
+        problems += [
+            f"strategy.params: {p}" for p in spec.problems(params, train_nodes=train_nodes)
+        ]
+    if task is not None and d.dataset is None and not task.dataset:
+        problems.append("data.dataset: task names no default dataset; set one")
+    return problems
+
+
+def _tracking(cfg: FederationConfig) -> TrackingPlan:
+    tr, name = cfg.tracking, cfg.federation.name
+    runs_dir = Path(tr.runs_dir).expanduser().resolve()
+    uri = tr.uri or f"sqlite:///{runs_dir / 'mlflow.db'}"
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme not in _TRACKING_SCHEMES:
+        raise ConfigError(
+            f"tracking.uri: {uri!r} is not a tracking URI; use sqlite:///path.db, "
+            "http(s)://host:port or a database URI"
+        )
+    local = scheme in ("sqlite", "file")
+    return TrackingPlan(
+        uri=uri,
+        artifact_location=str(runs_dir / "artifacts") if local else None,
+        experiment=tr.experiment or name,
+        registered_model=tr.registered_model or name,
+    )
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """sha256 of everything that shapes results (all sections but ``tracking``)."""
+    shaping = {k: v for k, v in resolved.items() if k != "tracking"}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def build_plan(
+    raw: Mapping[str, Any], *, source: str, overrides: Sequence[Override] = ()
+) -> FederationPlan:
+    """Validate ``raw`` (with ``overrides`` applied) and freeze it into a plan.
+
+    Raises `ConfigError` listing every problem found, each prefixed with ``source``.
+    """
+    merged = apply_overrides(dict(raw), overrides)
+    try:
+        cfg = FederationConfig.model_validate(merged)
+    except ValidationError as err:
+        raise _config_error(source, _origin_notes(_pydantic_problems(err), overrides)) from None
+
+    problems: list[str] = []
+    spec = params = task = None
+    try:
+        spec = STRATEGIES.get(cfg.strategy.name)
+    except FederatorError as err:
+        problems.append(f"strategy.name: {err}")
+    if spec is not None:
+        try:
+            params = spec.parse_params(cfg.strategy.params)
+        except ValidationError as err:
+            problems += _pydantic_problems(err, prefix=("strategy", "params"))
+    try:
+        task = resolve_task(cfg.task.name)
+    except FederatorError as err:
+        problems.append(f"task.name: {err}")
+    problems += _cross_checks(cfg, spec, params, task)
+    try:
+        tracking = _tracking(cfg)
+    except ConfigError as err:
+        problems.append(str(err))
+    if problems or spec is None or params is None or task is None:
+        raise _config_error(source, _origin_notes(problems, overrides))
+
+    n, s, t = cfg.data.clients, cfg.strategy, cfg.training
+    sampling = Sampling(
+        fraction_train=s.fraction_train,
+        fraction_evaluate=s.fraction_evaluate,
+        min_train_nodes=s.min_train_nodes or min(2, n),
+        min_evaluate_nodes=s.min_evaluate_nodes if s.min_evaluate_nodes is not None else min(2, n),
+        min_available_nodes=s.min_available_nodes or n,
+    )
+    resolved = cfg.model_dump(mode="json")
+    resolved["data"]["dataset"] = cfg.data.dataset or task.dataset
+    resolved["strategy"]["params"] = params.model_dump(mode="json")
+    return FederationPlan(
+        name=cfg.federation.name,
+        rounds=cfg.federation.rounds,
+        seed=cfg.federation.seed,
+        task_ref=cfg.task.name,
+        data=SimulationData(
+            dataset=cfg.data.dataset or task.dataset,
+            clients=n,
+            partitioner=cfg.data.partitioner,
+            seed=cfg.federation.seed,
+            alpha=cfg.data.alpha,
+            min_partition_size=cfg.data.min_partition_size,
+            shards_per_client=cfg.data.shards_per_client,
+            server_holdout=cfg.data.server_holdout,
+            client_val_fraction=cfg.data.client_val_fraction,
+        ),
+        strategy=StrategyPlan(
+            name=spec.name,
+            spec=spec,
+            params=params,
+            sampling=sampling,
+            min_replies=s.min_replies,
+            round_timeout=s.round_timeout,
+        ),
+        training=TrainSettings(
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=t.optimizer,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            proximal_mu=float(getattr(params, "proximal_mu", 0.0)),
+            seed=cfg.federation.seed,
+        ),
+        tracking=tracking,
+        gate=GatePolicy(
+            metric=cfg.gate.metric,
+            threshold=cfg.gate.threshold,
+            max_regression=cfg.gate.max_regression,
+            max_client_spread=cfg.gate.max_client_spread,
+        ),
+        source=source,
+        resolved=resolved,
+        config_hash=config_hash(resolved),
+    )
+
+
+def _config_error(source: str, problems: list[str]) -> ConfigError:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return ConfigError(f"{source}: invalid federation config:\n{lines}")
+
+
+def load_plan(ref: str | Path, *, overrides: Sequence[Override] = ()) -> FederationPlan:
+    """Read, override, validate and freeze a config file (or a bundled example's name)."""
+    path = resolve_config_path(ref)
+    return build_plan(read_config_file(path), source=str(path), overrides=overrides)

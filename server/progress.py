@@ -1,0 +1,180 @@
+"""What a person sees: a line per round while it runs, and a closing summary.
+
+`RichProgress` draws on a terminal (a progress bar, a row per round, a summary table);
+`LogProgress` writes the same facts as plain log lines for when the ServerApp runs inside a
+Flower SuperLink (``flwr run``), where only logs reach the user.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from federator.server.events import FederationStarted, FederationSummary, RoundOutcome, RoundStatus
+
+
+def _client_range(o: RoundOutcome) -> str:
+    accs = [c.metrics["accuracy"] for c in o.eval_clients if "accuracy" in c.metrics]
+    return f"{min(accs):.3f}–{max(accs):.3f}" if accs else "–"
+
+
+def _round_cells(o: RoundOutcome) -> list[str]:
+    if o.status is RoundStatus.SKIPPED:
+        return [
+            str(o.round),
+            f"{o.participants}/{o.sampled}",
+            "–",
+            "–",
+            "–",
+            f"skipped: {o.skip_reason}",
+            f"{o.wall_time:.1f}s",
+        ]
+    assert o.server_eval is not None
+    assert o.decision is not None
+    gate = "[green]promoted[/]" if o.decision.promoted else "[yellow]rejected[/]"
+    if not o.decision.promoted:
+        gate += f" ({o.decision.reasons[0]})"
+    return [
+        str(o.round),
+        f"{o.participants}/{o.sampled}",
+        f"{o.server_eval.accuracy:.4f}",
+        f"{o.server_eval.loss:.4f}",
+        _client_range(o),
+        gate,
+        f"{o.wall_time:.1f}s",
+    ]
+
+
+def summary_table(s: FederationSummary) -> Table:
+    """The closing summary as a rich table."""
+    t = Table(title=f"Federation {s.plan.name!r} finished", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    done = s.completed
+    t.add_row(
+        "rounds",
+        f"{len(done)} completed, {len(s.outcomes) - len(done)} skipped, {s.duration:.1f} s",
+    )
+    best = s.best()
+    if best is not None and best.server_eval is not None:
+        t.add_row(
+            "best validation accuracy", f"{best.server_eval.accuracy:.4f} (round {best.round})"
+        )
+    if s.champion_version is not None:
+        t.add_row(
+            "champion",
+            f"{s.plan.tracking.registered_model} version "
+            f"{s.champion_version} (round {s.champion_round})",
+        )
+    else:
+        t.add_row("champion", "none: no round passed the gate")
+    t.add_row("model versions", str(len(s.versions)))
+    if s.run_id:
+        t.add_row("MLflow run", s.run_id)
+    if s.ui_command:
+        t.add_row("open with", s.ui_command)
+    return t
+
+
+class RichProgress:
+    """Terminal display: progress bar plus one table row per round."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._progress: Progress | None = None
+        self._task: int | None = None
+
+    def on_waiting(self, connected: int, needed: int) -> None:
+        self.console.print(f"[dim]waiting for nodes: {connected}/{needed} connected[/]")
+
+    def on_start(self, event: FederationStarted) -> None:
+        p = event.plan
+        self.console.print(
+            f"[bold]{p.name}[/]: task {p.task_ref}, strategy {p.strategy.name}, "
+            f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
+            f"{event.initial_eval.accuracy:.4f}"
+        )
+        header = Table(show_edge=False, box=None, pad_edge=False)
+        for col in ("round", "clients", "val acc", "val loss", "client acc", "gate", "time"):
+            header.add_column(col)
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("rounds", total=p.rounds)
+        self.console.print(header)
+
+    def on_round(self, outcome: RoundOutcome) -> None:
+        row = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
+        for _ in range(7):
+            row.add_column()
+        row.add_row(*_round_cells(outcome))
+        self.console.print(row)
+        for r in outcome.refusals:
+            self.console.print(f"   [yellow]refused[/] {r.phase} from {r.pseudonym}: {r.reason}")
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """Remove the progress bar (before the summary or an error is printed)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def saving(self, pending: int) -> None:
+        self.console.print(f"[dim]saving to MLflow: {pending} write(s) left[/]")
+
+    def summary(self, s: FederationSummary) -> None:
+        self.stop()
+        self.console.print(summary_table(s))
+
+
+class LogProgress:
+    """The same facts as plain log lines."""
+
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
+        self._log = log or logging.getLogger("federator").info
+
+    def on_waiting(self, connected: int, needed: int) -> None:
+        self._log(f"waiting for nodes: {connected}/{needed} connected")
+
+    def on_start(self, event: FederationStarted) -> None:
+        p = event.plan
+        self._log(
+            f"federation {p.name}: task {p.task_ref}, strategy {p.strategy.name}, "
+            f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
+            f"{event.initial_eval.accuracy:.4f}"
+        )
+
+    def on_round(self, outcome: RoundOutcome) -> None:
+        cells = _round_cells(outcome)
+        self._log(
+            f"round {cells[0]}: clients {cells[1]}, val acc {cells[2]}, val loss "
+            f"{cells[3]}, client acc {cells[4]}, gate {cells[5]}, {cells[6]}".replace("[green]", "")
+            .replace("[yellow]", "")
+            .replace("[/]", "")
+        )
+        for r in outcome.refusals:
+            self._log(f"  refused {r.phase} from {r.pseudonym}: {r.reason}")
+
+    def stop(self) -> None:
+        """Nothing to tear down."""
+
+    def saving(self, pending: int) -> None:
+        self._log(f"saving to MLflow: {pending} write(s) left")
+
+    def summary(self, s: FederationSummary) -> None:
+        console = Console(file=io.StringIO(), force_terminal=False, width=120)
+        console.print(summary_table(s))
+        for line in console.file.getvalue().splitlines():  # type: ignore[attr-defined]
+            self._log(line)

@@ -1,0 +1,268 @@
+"""The round loop: sample, train, screen, aggregate, evaluate, gate — and tell observers.
+
+Federator drives a Flower strategy's four steps itself instead of calling
+``Strategy.start``, because a serious federation needs what ``start`` does not give: waiting
+until the nodes it needs are connected (``start`` samples before they are, and silently uses
+fewer), skipping a round that got too few good updates instead of failing the run, a
+server-side gate on every candidate, and events for MLflow and the progress display.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+
+from federator import FederationFailed
+from federator.client.instructions import DataInstructions, Instructions, TrainingInstructions
+from federator.client.tasks import Evaluation, Task
+from federator.client.weights import load_arrays, model_arrays
+from federator.server.config import GateMetric
+from federator.server.events import (
+    ClientRefusal,
+    ClientResult,
+    FederationStarted,
+    Observer,
+    RoundOutcome,
+    RoundStatus,
+)
+from federator.server.gate import Candidate, Gate
+from federator.server.nodes import NodeDirectory
+from federator.server.plan import FederationPlan
+from federator.simulations.datasets import ArrayData
+from federator.strategies import Guarded, Screened
+
+MAX_CONSECUTIVE_SKIPS = 3
+
+
+class ServerEvaluator:
+    """Evaluates global models on the coordinator's held-out data (never seen by clients)."""
+
+    def __init__(self, task: Task, holdout: ArrayData) -> None:
+        self._task = task
+        self._holdout = holdout
+        self._model = task.build_model()
+
+    def __call__(self, arrays: ArrayRecord) -> Evaluation:
+        load_arrays(self._model, arrays)
+        return self._task.evaluate(self._model, self._holdout)
+
+    def example_input(self) -> object:
+        """Two held-out examples: the input example MLflow stores with each model."""
+        return self._holdout.x[:2]
+
+
+def instructions_for(plan: FederationPlan) -> Instructions:
+    """The instructions every client receives for this plan."""
+    d, t = plan.data, plan.training
+    return Instructions(
+        federation=plan.name,
+        task=plan.task_ref,
+        data=DataInstructions(
+            dataset=d.dataset,
+            clients=d.clients,
+            partitioner=d.partitioner,
+            seed=d.seed,
+            alpha=d.alpha,
+            min_partition_size=d.min_partition_size,
+            shards_per_client=d.shards_per_client,
+            server_holdout=d.server_holdout,
+            client_val_fraction=d.client_val_fraction,
+        ),
+        training=TrainingInstructions(
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=t.optimizer,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            seed=t.seed,
+        ),
+    )
+
+
+def initial_arrays(task: Task, seed: int) -> ArrayRecord:
+    """The round-0 global model: the task's model initialised from the federation seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model_arrays(task.build_model())
+
+
+@dataclass
+class _RoundState:
+    arrays: ArrayRecord
+    consecutive_skips: int = 0
+
+
+class Federation:
+    """Runs a plan's rounds on a grid and reports to observers.
+
+    ``clock`` is injectable so tests can control round wall times.
+    """
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        *,
+        grid: Grid,
+        evaluator: ServerEvaluator,
+        directory: NodeDirectory,
+        observers: Sequence[Observer],
+        node_timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.plan = plan
+        self._grid = grid
+        self._evaluate = evaluator
+        self._directory = directory
+        self._observers = list(observers)
+        self._node_timeout = node_timeout
+        self._clock = clock
+        self.gate = Gate(plan.gate)
+        self.strategy = Guarded(
+            plan.strategy.build(), seed=plan.seed, node_order=directory.order_key
+        )
+        self._config = instructions_for(plan).to_config()
+
+    def run(self) -> list[RoundOutcome]:
+        """Wait for nodes, then run every round; returns each round's outcome."""
+        plan = self.plan
+        needed = plan.strategy.sampling.min_available_nodes
+        self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
+        nodes = self._directory.refresh()
+        state = _RoundState(arrays=initial_arrays(plan.task(), plan.seed))
+        started = FederationStarted(
+            plan=plan,
+            nodes=nodes,
+            initial_eval=self._evaluate(state.arrays),
+            example_input=self._evaluate.example_input(),
+        )
+        for obs in self._observers:
+            obs.on_start(started)
+        outcomes = []
+        for rnd in range(1, plan.rounds + 1):
+            outcome = self._round(rnd, state.arrays)
+            outcomes.append(outcome)
+            for obs in self._observers:
+                obs.on_round(outcome)
+            if outcome.status is RoundStatus.COMPLETED and outcome.arrays is not None:
+                state.arrays = outcome.arrays
+                state.consecutive_skips = 0
+            else:
+                state.consecutive_skips += 1
+                if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise FederationFailed(
+                        f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
+                        f"one because {outcome.skip_reason}"
+                    )
+        return outcomes
+
+    def _waiting(self, connected: int, needed: int) -> None:
+        for obs in self._observers:
+            obs.on_waiting(connected, needed)
+
+    def _fresh_config(self) -> ConfigRecord:
+        # Strategies write into the config they get (``server-round``): never share one.
+        return ConfigRecord(dict(self._config))
+
+    def _results(self, screened: Screened | None) -> list[ClientResult]:
+        if screened is None:
+            return []
+        return [
+            ClientResult(
+                pseudonym=self._directory.pseudonym(r.label)
+                if r.label
+                else self._directory.entry(r.node_id).pseudonym,
+                num_examples=r.num_examples,
+                metrics=dict(r.metrics),
+            )
+            for r in screened.accepted
+        ]
+
+    def _refusals(self, screened: Screened | None, phase: str) -> list[ClientRefusal]:
+        if screened is None:
+            return []
+        return [
+            ClientRefusal(
+                pseudonym=self._directory.entry(r.node_id).pseudonym, phase=phase, reason=r.reason
+            )
+            for r in screened.rejected
+        ]
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        if not messages:
+            return []
+        return list(self._grid.send_and_receive(messages, timeout=self.plan.strategy.round_timeout))
+
+    def _round(self, rnd: int, arrays: ArrayRecord) -> RoundOutcome:
+        t0 = self._clock()
+        self._directory.refresh()
+        s = self.strategy
+        s.last_train = s.last_evaluate = None
+        train_msgs = list(s.configure_train(rnd, arrays, self._fresh_config(), self._grid))
+        replies = self._exchange(train_msgs)
+        skip_reason: str | None = None
+        try:
+            new_arrays, train_metrics = s.aggregate_train(rnd, replies)
+        except (AggregationError, InconsistentMessageReplies) as err:
+            new_arrays, train_metrics, skip_reason = None, None, f"aggregation failed: {err}"
+        accepted = len(s.last_train.accepted) if s.last_train else 0
+        if skip_reason is None and (
+            new_arrays is None or accepted < self.plan.strategy.min_replies
+        ):
+            skip_reason = (
+                f"{accepted} of {len(train_msgs)} sampled clients returned an "
+                f"acceptable update (minimum {self.plan.strategy.min_replies})"
+            )
+        common = {
+            "round": rnd,
+            "sampled": len(train_msgs),
+            "train_clients": self._results(s.last_train),
+            "train_metrics": dict(train_metrics or {}),
+        }
+        if skip_reason is not None or new_arrays is None:
+            return RoundOutcome(
+                **common,
+                status=RoundStatus.SKIPPED,
+                arrays=None,
+                eval_clients=[],
+                refusals=self._refusals(s.last_train, "train"),
+                eval_metrics={},
+                server_eval=None,
+                decision=None,
+                wall_time=self._clock() - t0,
+                skip_reason=skip_reason,
+            )
+
+        eval_msgs = list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+        eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))
+        server_eval = self._evaluate(new_arrays)
+        eval_clients = self._results(s.last_evaluate)
+        metric = self.plan.gate.metric
+        candidate = Candidate(
+            round=rnd,
+            value=server_eval.accuracy if metric is GateMetric.ACCURACY else server_eval.loss,
+            client_accuracies={
+                c.pseudonym: c.metrics["accuracy"] for c in eval_clients if "accuracy" in c.metrics
+            },
+        )
+        decision = self.gate.decide(candidate)
+        if decision.promoted:
+            self.gate.promote(candidate)
+        return RoundOutcome(
+            **common,
+            status=RoundStatus.COMPLETED,
+            arrays=new_arrays,
+            eval_clients=eval_clients,
+            refusals=self._refusals(s.last_train, "train")
+            + self._refusals(s.last_evaluate, "evaluate"),
+            eval_metrics=dict(eval_metrics or {}),
+            server_eval=server_eval,
+            decision=decision,
+            wall_time=self._clock() - t0,
+        )

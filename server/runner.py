@@ -1,0 +1,86 @@
+"""Run one federation on a grid: tracking, display, the round loop and the closing summary.
+
+Shared by every way a federation starts — ``federator simulate`` (in-process Simulation
+Engine), ``flwr run .`` (the ServerApp inside a SuperLink) and tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from flwr.serverapp import Grid
+
+from federator.server import _mlflow_io as io
+from federator.server._provenance import code_version
+from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
+from federator.server.nodes import NodeDirectory
+from federator.server.plan import FederationPlan
+from federator.server.rounds import Federation, ServerEvaluator
+from federator.server.tracking import MlflowTracking
+from federator.simulations.partition import server_holdout
+
+
+class Display(Protocol):
+    """What the runner needs from a progress display (`RichProgress`, `LogProgress`)."""
+
+    def on_waiting(self, connected: int, needed: int) -> None: ...
+    def on_start(self, event: FederationStarted) -> None: ...
+    def on_round(self, outcome: RoundOutcome) -> None: ...
+    def stop(self) -> None: ...
+    def saving(self, pending: int) -> None: ...
+    def summary(self, s: FederationSummary) -> None: ...
+
+
+def run_federation(
+    grid: Grid,
+    plan: FederationPlan,
+    *,
+    display: Display,
+    mlflow_client: Callable[[str], Any] = io.make_client,
+    node_timeout: float = 300.0,
+) -> FederationSummary:
+    """Open tracking, run every round, drain MLflow writes, show and return the summary.
+
+    MLflow problems surface before round 1 (the run is opened first). Whatever happens in
+    the rounds, queued MLflow writes are finished and the run is ended (FAILED on error).
+    """
+    io.quiet_mlflow_env()
+    t0 = time.monotonic()
+    tracking = MlflowTracking(
+        plan, client=mlflow_client(plan.tracking.uri), code_version=code_version()
+    )
+    tracking.open()
+    federation = Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}"),
+        observers=[tracking, display],
+        node_timeout=node_timeout,
+    )
+    try:
+        outcomes = federation.run()
+    except BaseException as err:
+        display.stop()
+        try:
+            tracking.finish(failed=err, on_wait=display.saving)
+        except Exception as tracking_err:  # noqa: BLE001 - the round error is the one to raise
+            err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")
+        raise
+    display.stop()
+    report = tracking.finish(on_wait=display.saving)
+    champion = federation.gate.champion
+    summary = FederationSummary(
+        plan=plan,
+        outcomes=outcomes,
+        duration=time.monotonic() - t0,
+        run_id=report.run_id,
+        versions=report.versions,
+        champion_round=champion.round if champion else None,
+        champion_version=report.champion_version,
+        ui_command=report.ui_command,
+    )
+    display.summary(summary)
+    return summary

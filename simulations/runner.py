@@ -1,0 +1,89 @@
+"""Local simulation on Flower's own Simulation Engine (Ray), in this process.
+
+The ServerApp runs in a thread of this process (so the terminal display and errors reach the
+user directly), and each simulated client runs Federator's real ClientApp in a Ray worker with
+its own partition. ``flwr run .`` from a checkout uses the very same apps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+from federator import FederationFailed
+from federator.server.events import FederationSummary
+from federator.server.plan import FederationPlan
+from federator.server.runner import Display
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationResources:
+    """CPU budget for the simulation: Ray gets ``total_cpus``; each client ``cpus_per_client``
+    (so ``total_cpus // cpus_per_client`` clients train at once)."""
+
+    total_cpus: int = max(os.cpu_count() or 1, 1)
+    cpus_per_client: float = 1.0
+
+
+def _quiet_environment() -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def simulate(
+    plan: FederationPlan,
+    *,
+    display: Display,
+    resources: SimulationResources | None = None,
+    verbose: bool = False,
+) -> FederationSummary:
+    """Run ``plan`` with ``plan.data.clients`` simulated nodes and return its summary.
+
+    Errors raised by the federation (config, data, tracking, too many skipped rounds)
+    propagate unchanged.
+    """
+    _quiet_environment()
+    from flwr.simulation import run_simulation
+
+    from federator.client.app import app as client_app
+    from federator.server.app import build_server_app
+
+    res = resources or SimulationResources()
+    results: list[FederationSummary] = []
+    server_app = build_server_app(plan, display=display, results=results)
+    backend_config = {
+        "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": res.total_cpus,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": verbose,
+        },
+    }
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Ray's accelerator-env tip
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=plan.data.clients,
+                backend_config=backend_config,  # type: ignore[arg-type]
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(level)
+    if not results:
+        raise FederationFailed(
+            "the simulation ended without finishing the federation (see the log above)"
+        )
+    return results[0]

@@ -1,0 +1,138 @@
+"""`Guarded`: a wrapper that puts screening and reproducible sampling around any strategy.
+
+Like Flower's differential-privacy wrappers, it *is* a `Strategy` and delegates to the one it
+wraps, so it composes with every Flower strategy (and with ``Strategy.start``) without
+subclassing any of them. What it adds:
+
+* replies are screened (`federator.strategies.screening`) before the inner strategy sees
+  them: a bad update is rejected with a reason and the round goes on;
+* node sampling is reproducible: Flower samples with the global ``random`` module over node
+  ids that are random per run, so the wrapper hands the inner strategy a grid that lists nodes
+  in a stable order and seeds ``random`` from (seed, round) around the call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from hashlib import sha256
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore.run import Run
+
+from federator.strategies.screening import ArraySpec, Screened, array_specs, screen_replies
+
+NodeOrder = Callable[[int], str]
+
+
+class _OrderedGrid(Grid):
+    """A view of a grid whose ``get_node_ids`` lists nodes in a stable order."""
+
+    def __init__(self, grid: Grid, order: NodeOrder) -> None:
+        self._grid = grid
+        self._order = order
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(), key=lambda n: (self._order(n), n))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+@contextmanager
+def _seeded_random(seed: int, server_round: int, phase: str) -> Iterator[None]:
+    """Seed the global ``random`` (which Flower samples with) and restore it afterwards."""
+    saved = random.getstate()
+    digest = sha256(f"{seed}:{server_round}:{phase}".encode()).digest()
+    random.seed(int.from_bytes(digest[:8], "big"))
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+class Guarded(Strategy):
+    """Screen replies and sample reproducibly around ``inner``.
+
+    ``node_order`` maps a node id to a stable sort key (Federator uses the label each node
+    reports); by default node ids are used, which is stable within one deployment. After each
+    ``aggregate_*`` call, ``last_train`` / ``last_evaluate`` hold what screening decided.
+    """
+
+    def __init__(self, inner: Strategy, *, seed: int, node_order: NodeOrder | None = None):
+        self.inner = inner
+        self._seed = seed
+        self._node_order: NodeOrder = node_order or str
+        self._expected: dict[str, ArraySpec] | None = None
+        self.last_train: Screened | None = None
+        self.last_evaluate: Screened | None = None
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._expected = array_specs(arrays)
+        with _seeded_random(self._seed, server_round, "train"):
+            return list(
+                self.inner.configure_train(
+                    server_round, arrays, config, _OrderedGrid(grid, self._node_order)
+                )
+            )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        screened = screen_replies(replies, expected=self._expected)
+        self.last_train = screened
+        if not screened.accepted:
+            return None, None
+        return self.inner.aggregate_train(server_round, screened.messages())
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        with _seeded_random(self._seed, server_round, "evaluate"):
+            return list(
+                self.inner.configure_evaluate(
+                    server_round, arrays, config, _OrderedGrid(grid, self._node_order)
+                )
+            )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        screened = screen_replies(replies, expected=None)
+        self.last_evaluate = screened
+        if not screened.accepted:
+            return None
+        return self.inner.aggregate_evaluate(server_round, screened.messages())

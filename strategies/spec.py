@@ -1,0 +1,60 @@
+"""What a registered strategy is: a Flower strategy factory plus the schema of its parameters.
+
+Strategy parameters arrive from a federation config (untrusted text). Each strategy names a
+pydantic model for its own parameters, so ``[strategy.params]`` is checked key by key and an
+unknown or out-of-range value is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.serverapp.strategy import Strategy
+from pydantic import BaseModel, ConfigDict
+
+
+class NoParams(BaseModel):
+    """For strategies that take no parameters beyond sampling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """Who takes part in a round; shared by every Flower strategy."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategySpec:
+    """A named strategy: how to build it, what parameters it takes, where it comes from.
+
+    ``needs_individual_updates`` marks robust aggregators that must see every client's update
+    on its own (they cannot run under secure aggregation). ``check`` returns problems that
+    depend on the rest of the plan, e.g. Krum's bound on the number of malicious nodes.
+    """
+
+    name: str
+    paper: str
+    params_model: type[BaseModel]
+    factory: Callable[[Sampling, BaseModel], Strategy]
+    needs_individual_updates: bool = False
+    check: Callable[[BaseModel, int], list[str]] | None = None
+
+    def parse_params(self, params: dict[str, object]) -> BaseModel:
+        """Validate raw parameters; raises pydantic's ``ValidationError`` on bad input."""
+        return self.params_model.model_validate(params)
+
+    def problems(self, params: BaseModel, *, train_nodes: int) -> list[str]:
+        """Plan-level contradictions for these parameters with ``train_nodes`` per round."""
+        return [] if self.check is None else self.check(params, train_nodes)
+
+    def build(self, sampling: Sampling, params: BaseModel) -> Strategy:
+        """A fresh Flower strategy instance."""
+        return self.factory(sampling, params)
