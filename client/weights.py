@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from safetensors.numpy import load_file, save_file
 
 from federator import UpdateRejected
@@ -53,4 +53,4 @@ def load_safetensors(path: Path) -> ArrayRecord:
         tensors = load_file(str(path))
     except (OSError, ValueError) as err:
         raise UpdateRejected(f"{path}: not a readable safetensors file ({err})") from None
-    return ArrayRecord({k: np.asarray(v) for k, v in sorted(tensors.items())})
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in sorted(tensors.items())})

@@ -23,7 +23,20 @@ def _client_range(o: RoundOutcome) -> str:
     return f"{min(accs):.3f}–{max(accs):.3f}" if accs else "–"
 
 
+_COLUMNS = (
+    ("round", 5),
+    ("clients", 7),
+    ("val acc", 7),
+    ("val loss", 8),
+    ("client acc", 11),
+    ("time", 6),
+    ("gate", 0),
+)
+
+
 def _round_cells(o: RoundOutcome) -> list[str]:
+    """Cells in `_COLUMNS` order; the gate cell carries the first failing reason."""
+    time_cell = f"{o.wall_time:.1f}s"
     if o.status is RoundStatus.SKIPPED:
         return [
             str(o.round),
@@ -31,23 +44,25 @@ def _round_cells(o: RoundOutcome) -> list[str]:
             "–",
             "–",
             "–",
+            time_cell,
             f"skipped: {o.skip_reason}",
-            f"{o.wall_time:.1f}s",
         ]
     assert o.server_eval is not None
     assert o.decision is not None
-    gate = "[green]promoted[/]" if o.decision.promoted else "[yellow]rejected[/]"
-    if not o.decision.promoted:
-        gate += f" ({o.decision.reasons[0]})"
+    gate = "promoted" if o.decision.promoted else f"rejected: {o.decision.reasons[0]}"
     return [
         str(o.round),
         f"{o.participants}/{o.sampled}",
         f"{o.server_eval.accuracy:.4f}",
         f"{o.server_eval.loss:.4f}",
         _client_range(o),
+        time_cell,
         gate,
-        f"{o.wall_time:.1f}s",
     ]
+
+
+def _line(cells: list[str]) -> str:
+    return "  ".join(c.ljust(w) if w else c for c, (_, w) in zip(cells, _COLUMNS, strict=True))
 
 
 def summary_table(s: FederationSummary) -> Table:
@@ -65,11 +80,12 @@ def summary_table(s: FederationSummary) -> Table:
         t.add_row(
             "best validation accuracy", f"{best.server_eval.accuracy:.4f} (round {best.round})"
         )
-    if s.champion_version is not None:
+    champ = next((o for o in s.outcomes if o.round == s.champion_round), None)
+    if s.champion_version is not None and champ is not None and champ.server_eval is not None:
         t.add_row(
             "champion",
-            f"{s.plan.tracking.registered_model} version "
-            f"{s.champion_version} (round {s.champion_round})",
+            f"{s.plan.tracking.registered_model} version {s.champion_version} (round "
+            f"{s.champion_round}, validation accuracy {champ.server_eval.accuracy:.4f})",
         )
     else:
         t.add_row("champion", "none: no round passed the gate")
@@ -99,9 +115,6 @@ class RichProgress:
             f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
             f"{event.initial_eval.accuracy:.4f}"
         )
-        header = Table(show_edge=False, box=None, pad_edge=False)
-        for col in ("round", "clients", "val acc", "val loss", "client acc", "gate", "time"):
-            header.add_column(col)
         self._progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -112,14 +125,16 @@ class RichProgress:
         )
         self._progress.start()
         self._task = self._progress.add_task("rounds", total=p.rounds)
-        self.console.print(header)
+        self.console.print(_line([name for name, _ in _COLUMNS]), style="bold", highlight=False)
 
     def on_round(self, outcome: RoundOutcome) -> None:
-        row = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
-        for _ in range(7):
-            row.add_column()
-        row.add_row(*_round_cells(outcome))
-        self.console.print(row)
+        cells = _round_cells(outcome)
+        style = (
+            "green"
+            if outcome.decision and outcome.decision.promoted
+            else ("yellow" if outcome.status is RoundStatus.COMPLETED else "red")
+        )
+        self.console.print(_line(cells), style=style, highlight=False)
         for r in outcome.refusals:
             self.console.print(f"   [yellow]refused[/] {r.phase} from {r.pseudonym}: {r.reason}")
         if self._progress is not None and self._task is not None:
@@ -139,11 +154,18 @@ class RichProgress:
         self.console.print(summary_table(s))
 
 
+def _flwr_info(message: str) -> None:
+    # Flower's logger is the one `flwr run --stream` relays to the user.
+    from flwr.common.logger import log
+
+    log(logging.INFO, message)
+
+
 class LogProgress:
     """The same facts as plain log lines."""
 
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
-        self._log = log or logging.getLogger("federator").info
+        self._log = log or _flwr_info
 
     def on_waiting(self, connected: int, needed: int) -> None:
         self._log(f"waiting for nodes: {connected}/{needed} connected")
@@ -158,12 +180,8 @@ class LogProgress:
 
     def on_round(self, outcome: RoundOutcome) -> None:
         cells = _round_cells(outcome)
-        self._log(
-            f"round {cells[0]}: clients {cells[1]}, val acc {cells[2]}, val loss "
-            f"{cells[3]}, client acc {cells[4]}, gate {cells[5]}, {cells[6]}".replace("[green]", "")
-            .replace("[yellow]", "")
-            .replace("[/]", "")
-        )
+        pairs = zip(cells[1:], _COLUMNS[1:], strict=True)
+        self._log(f"round {cells[0]}: " + ", ".join(f"{name} {c}" for c, (name, _) in pairs))
         for r in outcome.refusals:
             self._log(f"  refused {r.phase} from {r.pseudonym}: {r.reason}")
 

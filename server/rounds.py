@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 
@@ -38,6 +38,11 @@ from federator.simulations.datasets import ArrayData
 from federator.strategies import Guarded, Screened
 
 MAX_CONSECUTIVE_SKIPS = 3
+
+
+def _scalars(record: MetricRecord | None) -> dict[str, float]:
+    """The scalar entries of an aggregated MetricRecord."""
+    return {k: float(v) for k, v in (record or {}).items() if isinstance(v, int | float)}
 
 
 class ServerEvaluator:
@@ -219,25 +224,23 @@ class Federation:
                 f"{accepted} of {len(train_msgs)} sampled clients returned an "
                 f"acceptable update (minimum {self.plan.strategy.min_replies})"
             )
-        common = {
-            "round": rnd,
-            "sampled": len(train_msgs),
-            "train_clients": self._results(s.last_train),
-            "train_metrics": dict(train_metrics or {}),
-        }
+        skipped = RoundOutcome(
+            round=rnd,
+            status=RoundStatus.SKIPPED,
+            arrays=None,
+            sampled=len(train_msgs),
+            train_clients=self._results(s.last_train),
+            eval_clients=[],
+            refusals=self._refusals(s.last_train, "train"),
+            train_metrics=_scalars(train_metrics),
+            eval_metrics={},
+            server_eval=None,
+            decision=None,
+            wall_time=0.0,
+            skip_reason=skip_reason,
+        )
         if skip_reason is not None or new_arrays is None:
-            return RoundOutcome(
-                **common,
-                status=RoundStatus.SKIPPED,
-                arrays=None,
-                eval_clients=[],
-                refusals=self._refusals(s.last_train, "train"),
-                eval_metrics={},
-                server_eval=None,
-                decision=None,
-                wall_time=self._clock() - t0,
-                skip_reason=skip_reason,
-            )
+            return replace(skipped, wall_time=self._clock() - t0)
 
         eval_msgs = list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
         eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))
@@ -254,14 +257,13 @@ class Federation:
         decision = self.gate.decide(candidate)
         if decision.promoted:
             self.gate.promote(candidate)
-        return RoundOutcome(
-            **common,
+        return replace(
+            skipped,
             status=RoundStatus.COMPLETED,
             arrays=new_arrays,
             eval_clients=eval_clients,
-            refusals=self._refusals(s.last_train, "train")
-            + self._refusals(s.last_evaluate, "evaluate"),
-            eval_metrics=dict(eval_metrics or {}),
+            refusals=[*skipped.refusals, *self._refusals(s.last_evaluate, "evaluate")],
+            eval_metrics=_scalars(eval_metrics),
             server_eval=server_eval,
             decision=decision,
             wall_time=self._clock() - t0,

@@ -96,8 +96,9 @@ class MlflowTracking:
         self._client = client
         self._code_version = code_version
         self._clock = clock
-        self._worker = OrderedWorker("federator-mlflow")
-        self._staging = tempfile.TemporaryDirectory(prefix="federator-")
+        # Created by `open` once MLflow answered, released by `finish`.
+        self._worker: OrderedWorker | None = None
+        self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._lineage = _Lineage()
         self._outcomes: list[RoundOutcome] = []
         self._example: np.ndarray | None = None
@@ -141,6 +142,8 @@ class MlflowTracking:
             raise
         except Exception as err:
             raise TrackingError(f"MLflow at {tr.uri} refused to open the run: {err}") from err
+        self._worker = OrderedWorker("federator-mlflow")
+        self._staging = tempfile.TemporaryDirectory(prefix="federator-")
         return self.run_id
 
     def finish(
@@ -155,8 +158,9 @@ class MlflowTracking:
             self._submit("plots", self._log_plots)
         self._submit("round summary", self._log_summary)
         self._submit("end run", lambda: self._client.set_terminated(self.run_id, status=status))
-        failure = self._worker.close(on_wait=on_wait)
-        self._staging.cleanup()
+        failure = self._opened_worker().close(on_wait=on_wait)
+        if self._staging is not None:
+            self._staging.cleanup()
         if failure is not None:
             skipped = ", ".join(failure.skipped) or "nothing else"
             raise TrackingError(
@@ -179,7 +183,17 @@ class MlflowTracking:
 
     @property
     def pending(self) -> int:
-        return self._worker.pending
+        return self._worker.pending if self._worker else 0
+
+    def _opened_worker(self) -> OrderedWorker:
+        if self._worker is None:
+            raise RuntimeError("MlflowTracking.open() must succeed before it records anything")
+        return self._worker
+
+    def _staging_dir(self) -> Path:
+        if self._staging is None:
+            raise RuntimeError("MlflowTracking.open() must succeed before it records anything")
+        return Path(self._staging.name)
 
     # -- observer ------------------------------------------------------------------------
 
@@ -208,10 +222,10 @@ class MlflowTracking:
     # -- jobs (run on the worker thread) -------------------------------------------------
 
     def _submit(self, label: str, job: Callable[[], None]) -> None:
-        self._worker.submit(label, job)
+        self._opened_worker().submit(label, job)
 
     def _raise_if_failed(self) -> None:
-        failure = self._worker.failure()
+        failure = self._opened_worker().failure()
         if failure is not None:
             raise TrackingError(f"MLflow write '{failure.label}' failed: {failure.error}")
 
@@ -225,7 +239,7 @@ class MlflowTracking:
         import torch
 
         assert outcome.arrays is not None
-        out = Path(self._staging.name) / f"round-{outcome.round:04d}"
+        out = self._staging_dir() / f"round-{outcome.round:04d}"
         model = self.plan.task().build_model()
         load_arrays(model, outcome.arrays)
         model.eval()
@@ -298,7 +312,7 @@ class MlflowTracking:
         lin.parent_version = version
 
     def _log_plots(self) -> None:
-        folder = Path(self._staging.name) / "plots"
+        folder = self._staging_dir() / "plots"
         folder.mkdir(exist_ok=True)
         plot_rounds(self._outcomes, folder / "accuracy.png")
         plot_clients(self._outcomes, folder / "client_accuracy.png")

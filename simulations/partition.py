@@ -107,8 +107,10 @@ def _flwr_partitions(spec: SimulationData, labels: npt.NDArray[np.int64]) -> lis
     partitioner.dataset = table
     try:
         with warnings.catch_warnings():
-            # pyarrow (used by ShardPartitioner's sort) warns about its own API change.
+            # pyarrow (used by ShardPartitioner's sort) warns about its own API change, and
+            # DirichletPartitioner warns on every redraw before it gives up with ValueError.
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
             return [
                 np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
                 for i in range(spec.clients)

@@ -12,10 +12,14 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from federator import FederationFailed
-from federator.server.events import FederationSummary
-from federator.server.plan import FederationPlan
-from federator.server.runner import Display
+
+if TYPE_CHECKING:  # the server imports this package; import it back only for types
+    from federator.server.events import FederationSummary
+    from federator.server.plan import FederationPlan
+    from federator.server.runner import Display
 
 
 @dataclass(frozen=True, kw_only=True)

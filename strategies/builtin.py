@@ -93,13 +93,6 @@ def _check_krum(params: BaseModel, train_nodes: int) -> list[str]:
     return problems
 
 
-def _check_trimmed(params: BaseModel, train_nodes: int) -> list[str]:
-    assert isinstance(params, TrimmedAvgParams)
-    if int(params.beta * train_nodes) * 2 >= train_nodes:
-        return [f"beta={params.beta} trims every one of the {train_nodes} updates"]
-    return []
-
-
 def _fedavg(s: Sampling, _: BaseModel) -> fl.Strategy:
     return fl.FedAvg(**_sampling_kwargs(s))
 
@@ -193,7 +186,6 @@ for _spec in (
         params_model=TrimmedAvgParams,
         factory=_trimmed,
         needs_individual_updates=True,
-        check=_check_trimmed,
     ),
     StrategySpec(
         name="fedmedian",

@@ -60,9 +60,14 @@ class Task(Protocol):
     example, checked against the data before anything trains.
     """
 
-    name: str
-    dataset: str
-    input_shape: tuple[int, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (same architecture on server and every client)."""

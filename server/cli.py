@@ -1,0 +1,290 @@
+"""The ``federator`` command.
+
+    federator simulate CONFIG     run a federation locally on Flower's Simulation Engine
+    federator validate CONFIG     check a config and print the resolved plan (starts nothing)
+    federator models list CONFIG  the registry's versions with their gate decisions
+    federator strategies          the aggregation strategies and the papers they implement
+
+CONFIG is a path or the name of a bundled example (``federator validate demo``). Errors are
+printed as one readable message; the exit code is 2 for a bad config and 1 for anything else
+Federator refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federator import ConfigError, FederatorError, __version__
+from federator.server._overrides import Override, parse_override
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Federator: federated learning with MLflow lineage and a release gate.",
+)
+models_app = typer.Typer(no_args_is_help=True, help="Inspect registered model versions.")
+app.add_typer(models_app, name="models")
+
+out = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+ConfigArg = Annotated[
+    str,
+    typer.Argument(
+        help="federation.toml path, or a bundled example name (demo, digits-mlp, mnist-cnn, ...)"
+    ),
+]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Override federation.rounds.")]
+ClientsOpt = Annotated[int | None, typer.Option("--clients", help="Override data.clients.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override federation.seed.")]
+UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="Override tracking.uri.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any key: --set strategy.fraction_train=0.5 (repeatable)."),
+]
+
+
+def _overrides(
+    rounds: int | None,
+    clients: int | None,
+    seed: int | None,
+    uri: str | None,
+    sets: list[str] | None,
+) -> list[Override]:
+    out_: list[Override] = []
+    for flag, path, value in (
+        ("--rounds", "federation.rounds", rounds),
+        ("--clients", "data.clients", clients),
+        ("--seed", "federation.seed", seed),
+        ("--tracking-uri", "tracking.uri", uri),
+    ):
+        if value is not None:
+            out_.append(Override(tuple(path.split(".")), value, f"{flag} {value}"))
+    out_ += [parse_override(s) for s in sets or []]
+    return out_
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run ``action``; turn Federator's errors into a message and an exit code."""
+    try:
+        return action()
+    except ConfigError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    except FederatorError as err:
+        err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False)
+        for note in getattr(err, "__notes__", []):
+            err_console.print(f"  {note}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("mlflow", "alembic", "ray", "flwr"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        # Library deprecation chatter (SQLAlchemy via MLflow, Ray) is not the user's concern.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*noload.*")
+
+
+def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
+    from federator.server.datacheck import check_data
+    from federator.server.plan import load_plan
+
+    plan = load_plan(plan_ref, overrides=overrides)
+    report = check_data(plan)
+    s, d, t, g, tr = plan.strategy, plan.data, plan.training, plan.gate, plan.tracking
+    table = Table(
+        title=f"Plan for federation {plan.name!r}", show_header=False, title_justify="left"
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("source", f"{plan.source} (config hash {plan.config_hash[:12]})")
+    table.add_row(
+        "task",
+        f"{plan.task_ref}: dataset {d.dataset} — {report.examples} examples "
+        f"of shape {report.example_shape}, {report.classes} classes",
+    )
+    split = {
+        "iid": "IID",
+        "dirichlet": f"Dirichlet α={d.alpha}",
+        "shards": f"{d.shards_per_client} label shards per client",
+    }[d.partitioner.value]
+    trains = sorted(tr_ for tr_, _ in report.client_sizes)
+    table.add_row(
+        "data split",
+        f"{split} over {d.clients} clients; server hold-out "
+        f"{report.holdout} examples; client train sizes min "
+        f"{trains[0]}, median {trains[len(trains) // 2]}, max "
+        f"{trains[-1]}; {d.client_val_fraction:.0%} of each kept for "
+        "client validation",
+    )
+    params = s.params.model_dump()
+    table.add_row("strategy", f"{s.name} {params if params else ''} — {s.spec.paper}")
+    table.add_row(
+        "sampling",
+        f"{s.train_nodes_per_round} clients train and "
+        f"{s.evaluate_nodes_per_round} evaluate per round; a round needs "
+        f"≥ {s.min_replies} good update(s); timeout {s.round_timeout:.0f} s",
+    )
+    extra = f" momentum {t.momentum}" if t.momentum else ""
+    table.add_row(
+        "training",
+        f"{t.epochs} epoch(s), batch {t.batch_size}, "
+        f"{t.optimizer.value} lr {t.lr}{extra}, weight decay "
+        f"{t.weight_decay}" + (f", FedProx μ {t.proximal_mu}" if t.proximal_mu else ""),
+    )
+    table.add_row("rounds", f"{plan.rounds} (seed {plan.seed})")
+    op = "≥" if g.metric.value == "accuracy" else "≤"
+    spread = (
+        f"; per-client accuracy spread ≤ {g.max_client_spread}"
+        if g.max_client_spread is not None
+        else "; client spread not checked"
+    )
+    table.add_row(
+        "gate",
+        f"{g.metric.value} {op} {g.threshold}; at most {g.max_regression} "
+        f"worse than the champion{spread}",
+    )
+    table.add_row(
+        "tracking",
+        f"{tr.uri}"
+        + (f" (artifacts in {tr.artifact_location})" if tr.artifact_location else "")
+        + f"; experiment {tr.experiment!r}; registered model "
+        f"{tr.registered_model!r}",
+    )
+    return table
+
+
+@app.command()
+def validate(
+    config: ConfigArg,
+    rounds: RoundsOpt = None,
+    clients: ClientsOpt = None,
+    seed: SeedOpt = None,
+    tracking_uri: UriOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check CONFIG (with overrides) and print the resolved plan. Starts nothing."""
+    overrides = _run(lambda: _overrides(rounds, clients, seed, tracking_uri, set_))
+    table = _run(lambda: _plan_table(config, overrides))
+    out.print(table)
+    out.print("[green]valid[/]: nothing was started.")
+
+
+@app.command()
+def simulate(
+    config: ConfigArg,
+    rounds: RoundsOpt = None,
+    clients: ClientsOpt = None,
+    seed: SeedOpt = None,
+    tracking_uri: UriOpt = None,
+    set_: SetOpt = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")
+    ] = False,
+) -> None:
+    """Run CONFIG as a local federation on Flower's Simulation Engine."""
+    _quiet_libraries(verbose)
+
+    def go() -> None:
+        from federator.server.datacheck import check_data
+        from federator.server.plan import load_plan
+        from federator.server.progress import RichProgress
+        from federator.simulations.runner import simulate as run_sim
+
+        plan = load_plan(config, overrides=_overrides(rounds, clients, seed, tracking_uri, set_))
+        check_data(plan)
+        run_sim(plan, display=RichProgress(out), verbose=verbose)
+
+    _run(go)
+
+
+@models_app.command("list")
+def models_list(
+    config: Annotated[
+        str,
+        typer.Argument(
+            help="The federation config whose registry to list (path or bundled example name)."
+        ),
+    ] = "demo",
+    tracking_uri: UriOpt = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Registered model name (default: the config's).")
+    ] = None,
+) -> None:
+    """List registered model versions with round, validation accuracy and gate decision."""
+    _quiet_libraries(False)
+
+    def go() -> None:
+        from federator.server.plan import load_plan
+        from federator.server.registry_view import list_versions, open_client
+
+        plan = load_plan(config, overrides=_overrides(None, None, None, tracking_uri, None))
+        name = model or plan.tracking.registered_model
+        rows = list_versions(open_client(plan.tracking.uri), name)
+        table = Table(title=f"{name} @ {plan.tracking.uri}", title_justify="left")
+        for col in ("version", "round", "val acc", "gate", "aliases", "run", "reasons"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            gate = {"promoted": "[green]promoted[/]", "rejected": "[yellow]rejected[/]"}.get(
+                r.decision, r.decision
+            )
+            table.add_row(
+                str(r.version),
+                r.round,
+                r.val_accuracy,
+                gate,
+                ", ".join(r.aliases),
+                r.run_id[:8],
+                r.reasons,
+            )
+        out.print(table)
+        if not rows:
+            out.print("no versions yet")
+
+    _run(go)
+
+
+@app.command()
+def strategies() -> None:
+    """List the aggregation strategies, their parameters and the papers they implement."""
+    from federator.strategies import STRATEGIES
+
+    table = Table(title="Strategies", title_justify="left")
+    for col in ("name", "parameters (defaults)", "robust", "paper"):
+        table.add_column(col, overflow="fold")
+    for name in STRATEGIES:
+        spec = STRATEGIES.get(name)
+        params = ", ".join(f"{k}={v.default}" for k, v in spec.params_model.model_fields.items())
+        table.add_row(
+            name, params or "–", "yes" if spec.needs_individual_updates else "", spec.paper
+        )
+    out.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print Federator's version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="federator")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Test doubles for Federator's own logic (never the only test of an integration).
+
+`FakeGrid` delivers messages to in-process handlers — typically the real ClientApp handlers —
+so the round loop and the wrapper strategy can be tested in milliseconds. The real Flower
+Simulation Engine is exercised by the integration tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+Handler = Callable[[Message], Message | None]
+
+
+@contextmanager
+def server_identity() -> Iterator[None]:
+    """Let tests create instruction Messages as a ServerApp would (Flower requires an identity)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _stamp(msg: Message) -> Message:
+    msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    return msg
+
+
+def instruction(content: RecordDict, *, node_id: int, kind: str = "train") -> Message:
+    """An instruction message to ``node_id`` (call inside `server_identity`)."""
+    return _stamp(Message(content=content, dst_node_id=node_id, message_type=kind))
+
+
+class FakeGrid(Grid):
+    """Node id → handler; a handler returning None simulates a node that never replies."""
+
+    def __init__(self, handlers: dict[int, Handler]) -> None:
+        self.handlers = handlers
+        self.sent: list[Message] = []
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.handlers)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            _stamp(msg)
+            self.sent.append(msg)
+            reply = self.handlers[msg.metadata.dst_node_id](msg)
+            if reply is not None:
+                replies.append(_stamp(reply))
+        return replies
+
+
+def client_context(partition: int, partitions: int, node_id: int) -> Context:
+    """The Context Flower's simulation gives a ClientApp for ``partition``."""
+    return Context(run_id=1, node_id=node_id,
+                   node_config={"partition-id": partition, "num-partitions": partitions},
+                   state=RecordDict(), run_config={})
+
+
+def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
+    """Handlers running Federator's real ClientApp code for each simulated partition.
+
+    Node ids are random (from ``id_seed``), like Flower's: unrelated to partition order.
+    """
+    import random
+    from federator.client import app as client
+
+    def make(pid: int, node_id: int) -> Handler:
+        ctx = client_context(pid, partitions, node_id)
+
+        def handle(msg: Message) -> Message:
+            kind = msg.metadata.message_type
+            fn = {"train": client.train, "evaluate": client.evaluate, "query": client.hello}[kind]
+            return client._refusing(fn)(msg, ctx)
+
+        return handle
+
+    rng = random.Random(id_seed)
+    return {(node_id := rng.getrandbits(63)): make(pid, node_id) for pid in range(partitions)}

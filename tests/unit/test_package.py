@@ -1,0 +1,53 @@
+"""The package layout: one import name, tested public APIs, no bare top-level modules."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+PUBLIC = {
+    "federator": ["ConfigError", "DataError", "FederationFailed", "FederatorError",
+                  "PrivacyBudgetExhausted", "RegistryError", "SignatureInvalid", "TaskError",
+                  "TrackingError", "UpdateRejected", "__version__"],
+    "federator.strategies": ["STRATEGIES", "ArraySpec", "ClientReply", "Guarded", "NoParams",
+                             "Registry", "Rejection", "Sampling", "Screened", "StrategySpec",
+                             "array_specs", "check_arrays", "screen_replies"],
+    "federator.client.tasks": ["DIGITS_MLP", "MNIST_CNN", "TASKS", "ClassificationTask",
+                               "Evaluation", "Optimizer", "Task", "TrainSettings",
+                               "resolve_task"],
+    "federator.server": ["FederationPlan", "Gate", "GatePolicy", "MlflowTracking",
+                         "build_plan", "build_server_app", "load_plan", "run_federation"],
+    "federator.simulations": ["ArrayData", "DATASETS", "Partitioner", "SimulationData",
+                              "SimulationResources", "client_data", "load_dataset",
+                              "server_holdout", "simulate"],
+    "federator.client": ["Instructions", "build_client_app", "load_arrays", "model_arrays",
+                         "read_instructions"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all_is_exactly_the_public_api(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, f"{module}.{name}"
+
+
+def test_error_tree_has_one_root() -> None:
+    import federator
+
+    for name in PUBLIC["federator"]:
+        obj = getattr(federator, name)
+        if isinstance(obj, type) and name != "FederatorError":
+            assert issubclass(obj, federator.FederatorError), name
+
+
+@pytest.mark.parametrize("bare", ["server", "client", "strategies", "privacy", "simulations"])
+def test_no_bare_top_level_module(bare: str, tmp_path: object) -> None:
+    # Outside the checkout, only `federator.<bare>` exists.
+    code = (f"import importlib.util, sys; assert importlib.util.find_spec({bare!r}) is None; "
+            f"import federator.{bare}")
+    subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), check=True)
