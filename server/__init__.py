@@ -6,5 +6,13 @@ from federator.server.plan import FederationPlan, build_plan, load_plan
 from federator.server.runner import run_federation
 from federator.server.tracking import MlflowTracking
 
-__all__ = ["FederationPlan", "Gate", "GatePolicy", "MlflowTracking", "build_plan",
-           "build_server_app", "load_plan", "run_federation"]
+__all__ = [
+    "FederationPlan",
+    "Gate",
+    "GatePolicy",
+    "MlflowTracking",
+    "build_plan",
+    "build_server_app",
+    "load_plan",
+    "run_federation",
+]

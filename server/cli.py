@@ -20,6 +20,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from federator import ConfigError, FederatorError, __version__
 from federator.server._overrides import Override, parse_override
@@ -79,13 +80,18 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except ConfigError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     except FederatorError as err:
-        err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False)
-        for note in getattr(err, "__notes__", []):
-            err_console.print(f"  {note}", highlight=False)
+        _error(f"{type(err).__name__}: {err}", *getattr(err, "__notes__", []))
         raise typer.Exit(1) from None
+
+
+def _error(message: str, *notes: str) -> None:
+    # Plain text, never wrapped: messages hold paths and key names a person may copy.
+    err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    for note in notes:
+        err_console.print(Text(f"  {note}"), soft_wrap=True)
 
 
 def _quiet_libraries(verbose: bool) -> None:

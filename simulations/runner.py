@@ -11,7 +11,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from federator import FederationFailed
@@ -52,6 +51,10 @@ def simulate(
     propagate unchanged.
     """
     _quiet_environment()
+    from federator.server._mlflow_io import preflight
+
+    # Before Ray starts: an unreachable tracking store must start nothing at all.
+    preflight(plan.tracking.uri, artifact_location=plan.tracking.artifact_location)
     from flwr.simulation import run_simulation
 
     from federator.client.app import app as client_app

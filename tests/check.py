@@ -31,7 +31,7 @@ def main() -> int:
         ("ruff lint", [str(BIN / "ruff"), "check", "."]),
         ("ruff format", [str(BIN / "ruff"), "format", "--check", "."]),
         ("mypy (strict)", [str(BIN / "mypy"), "-p", "federator"]),
-        ("unit tests", [sys.executable, "-m", "pytest", "tests/unit", "-q"]),
+        ("unit tests", [sys.executable, "-m", "pytest", "tests/unit", "-q", "--timeout", "300"]),
     ]
     if not unit_only:
         steps.append(

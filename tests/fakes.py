@@ -54,8 +54,14 @@ class FakeGrid(Grid):
     def run(self) -> Run:
         raise NotImplementedError
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         raise NotImplementedError
 
     def get_node_ids(self) -> list[int]:
@@ -67,8 +73,9 @@ class FakeGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         raise NotImplementedError
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         replies = []
         for msg in messages:
             _stamp(msg)
@@ -81,9 +88,13 @@ class FakeGrid(Grid):
 
 def client_context(partition: int, partitions: int, node_id: int) -> Context:
     """The Context Flower's simulation gives a ClientApp for ``partition``."""
-    return Context(run_id=1, node_id=node_id,
-                   node_config={"partition-id": partition, "num-partitions": partitions},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config={"partition-id": partition, "num-partitions": partitions},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
@@ -92,6 +103,7 @@ def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
     Node ids are random (from ``id_seed``), like Flower's: unrelated to partition order.
     """
     import random
+
     from federator.client import app as client
 
     def make(pid: int, node_id: int) -> Handler:

@@ -28,12 +28,20 @@ def plan(raw_config: dict[str, Any]) -> FederationPlan:
     return build_plan(raw_config, source="test")
 
 
-def _msg(plan: FederationPlan, kind: str, *, config: ConfigRecord | None = None,
-         arrays: ArrayRecord | None = None) -> Message:
+def _msg(
+    plan: FederationPlan,
+    kind: str,
+    *,
+    config: ConfigRecord | None = None,
+    arrays: ArrayRecord | None = None,
+) -> Message:
     cfg = config if config is not None else instructions_for(plan).to_config()
     cfg["server-round"] = 1
-    return instruction(RecordDict({"arrays": arrays or initial_arrays(plan.task(), 0),
-                                   "config": cfg}), node_id=11, kind=kind)
+    return instruction(
+        RecordDict({"arrays": arrays or initial_arrays(plan.task(), 0), "config": cfg}),
+        node_id=11,
+        kind=kind,
+    )
 
 
 def _handle(kind: str, msg: Message, partition: int = 0, partitions: int = 4) -> Message:
@@ -57,8 +65,9 @@ def test_train_returns_updated_weights_count_and_label(plan: FederationPlan) -> 
 def test_train_is_reproducible(plan: FederationPlan) -> None:
     a = _handle("train", _msg(plan, "train"))
     b = _handle("train", _msg(plan, "train"))
-    assert np.array_equal(a.content["arrays"]["0.weight"].numpy(),
-                          b.content["arrays"]["0.weight"].numpy())
+    assert np.array_equal(
+        a.content["arrays"]["0.weight"].numpy(), b.content["arrays"]["0.weight"].numpy()
+    )
 
 
 def test_evaluate_reports_accuracy_on_validation_split(plan: FederationPlan) -> None:
@@ -73,13 +82,19 @@ def test_hello_introduces_the_node(plan: FederationPlan) -> None:
     assert reply.content["federator"]["label"] == "partition-3"
 
 
-@pytest.mark.parametrize(("mutate", "reason"), [
-    (lambda cfg: ConfigRecord({"other": 1}), "carries no 'federator' instructions"),
-    (lambda cfg: ConfigRecord({"federator": '{"task": 1}'}), "malformed instructions"),
-    (lambda cfg: ConfigRecord({"federator": cfg["federator"].replace('"digits-mlp"',
-                                                                     '"no-such-task"')}),
-     "TaskError"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda cfg: ConfigRecord({"other": 1}), "carries no 'federator' instructions"),
+        (lambda cfg: ConfigRecord({"federator": '{"task": 1}'}), "malformed instructions"),
+        (
+            lambda cfg: ConfigRecord(
+                {"federator": cfg["federator"].replace('"digits-mlp"', '"no-such-task"')}
+            ),
+            "TaskError",
+        ),
+    ],
+)
 def test_bad_instructions_are_refused(plan: FederationPlan, mutate: Any, reason: str) -> None:
     good = instructions_for(plan).to_config()
     reply = _handle("train", _msg(plan, "train", config=mutate(good)))

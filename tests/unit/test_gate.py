@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -12,22 +13,33 @@ from federator.server.config import GateMetric
 from federator.server.gate import Candidate, Gate, GatePolicy, Verdict
 
 
-def gate(metric: GateMetric = GateMetric.ACCURACY, threshold: float = 0.8,
-         regression: float = 0.01, spread: float | None = 0.2) -> Gate:
-    return Gate(GatePolicy(metric=metric, threshold=threshold, max_regression=regression,
-                           max_client_spread=spread))
+def gate(
+    metric: GateMetric = GateMetric.ACCURACY,
+    threshold: float = 0.8,
+    regression: float = 0.01,
+    spread: float | None = 0.2,
+) -> Gate:
+    return Gate(
+        GatePolicy(
+            metric=metric, threshold=threshold, max_regression=regression, max_client_spread=spread
+        )
+    )
 
 
 def cand(rnd: int, value: float, *accs: float) -> Candidate:
-    return Candidate(round=rnd, value=value,
-                     client_accuracies={f"c{i}": a for i, a in enumerate(accs)})
+    return Candidate(
+        round=rnd, value=value, client_accuracies={f"c{i}": a for i, a in enumerate(accs)}
+    )
 
 
 def test_first_good_candidate_is_promoted_with_reasons() -> None:
     d = gate().decide(cand(1, 0.9, 0.85, 0.95))
     assert d.verdict is Verdict.PROMOTED
-    assert d.reasons == ("accuracy 0.9000 ≥ threshold 0.8000", "no champion yet",
-                         "client accuracy spread 0.1000 across 2 clients (limit 0.2000)")
+    assert d.reasons == (
+        "accuracy 0.9000 ≥ threshold 0.8000",
+        "no champion yet",
+        "client accuracy spread 0.1000 across 2 clients (limit 0.2000)",
+    )
 
 
 def test_below_threshold_is_rejected() -> None:
@@ -94,10 +106,14 @@ def test_state_dict_round_trips_the_champion() -> None:
 accuracies = st.floats(min_value=0, max_value=1, allow_nan=False)
 
 
-@given(values=st.lists(accuracies, min_size=1, max_size=30),
-       threshold=accuracies, tolerance=st.floats(0, 0.2))
+@given(
+    values=st.lists(accuracies, min_size=1, max_size=30),
+    threshold=accuracies,
+    tolerance=st.floats(0, 0.2),
+)
 def test_champion_is_never_below_threshold_and_never_drops_more_than_tolerance(
-        values: list[float], threshold: float, tolerance: float) -> None:
+    values: list[float], threshold: float, tolerance: float
+) -> None:
     g = gate(threshold=threshold, regression=tolerance, spread=None)
     history = []
     for rnd, v in enumerate(values, start=1):
@@ -112,5 +128,5 @@ def test_champion_is_never_below_threshold_and_never_drops_more_than_tolerance(
                 assert v >= before.value - tolerance
             history.append(v)
     # Each promotion loses at most `tolerance` against the previous champion.
-    for prev, nxt in zip(history, history[1:], strict=False):
+    for prev, nxt in itertools.pairwise(history):
         assert nxt >= prev - tolerance

@@ -9,22 +9,73 @@ import sys
 import pytest
 
 PUBLIC = {
-    "federator": ["ConfigError", "DataError", "FederationFailed", "FederatorError",
-                  "PrivacyBudgetExhausted", "RegistryError", "SignatureInvalid", "TaskError",
-                  "TrackingError", "UpdateRejected", "__version__"],
-    "federator.strategies": ["STRATEGIES", "ArraySpec", "ClientReply", "Guarded", "NoParams",
-                             "Registry", "Rejection", "Sampling", "Screened", "StrategySpec",
-                             "array_specs", "check_arrays", "screen_replies"],
-    "federator.client.tasks": ["DIGITS_MLP", "MNIST_CNN", "TASKS", "ClassificationTask",
-                               "Evaluation", "Optimizer", "Task", "TrainSettings",
-                               "resolve_task"],
-    "federator.server": ["FederationPlan", "Gate", "GatePolicy", "MlflowTracking",
-                         "build_plan", "build_server_app", "load_plan", "run_federation"],
-    "federator.simulations": ["ArrayData", "DATASETS", "Partitioner", "SimulationData",
-                              "SimulationResources", "client_data", "load_dataset",
-                              "server_holdout", "simulate"],
-    "federator.client": ["Instructions", "build_client_app", "load_arrays", "model_arrays",
-                         "read_instructions"],
+    "federator": [
+        "ConfigError",
+        "DataError",
+        "FederationFailed",
+        "FederatorError",
+        "PrivacyBudgetExhausted",
+        "RegistryError",
+        "SignatureInvalid",
+        "TaskError",
+        "TrackingError",
+        "UpdateRejected",
+        "__version__",
+    ],
+    "federator.strategies": [
+        "STRATEGIES",
+        "ArraySpec",
+        "ClientReply",
+        "Guarded",
+        "NoParams",
+        "Registry",
+        "Rejection",
+        "Sampling",
+        "Screened",
+        "StrategySpec",
+        "array_specs",
+        "check_arrays",
+        "screen_replies",
+    ],
+    "federator.client.tasks": [
+        "DIGITS_MLP",
+        "MNIST_CNN",
+        "TASKS",
+        "ClassificationTask",
+        "Evaluation",
+        "Optimizer",
+        "Task",
+        "TrainSettings",
+        "resolve_task",
+    ],
+    "federator.server": [
+        "FederationPlan",
+        "Gate",
+        "GatePolicy",
+        "MlflowTracking",
+        "build_plan",
+        "build_server_app",
+        "load_plan",
+        "run_federation",
+    ],
+    "federator.simulations": [
+        "ArrayData",
+        "DATASETS",
+        "Partitioner",
+        "SimulationData",
+        "SimulationResources",
+        "client_data",
+        "load_dataset",
+        "server_holdout",
+        "simulate",
+    ],
+    "federator.client": [
+        "Instructions",
+        "build_client_app",
+        "load_arrays",
+        "model_arrays",
+        "read_instructions",
+    ],
 }
 
 
@@ -48,6 +99,8 @@ def test_error_tree_has_one_root() -> None:
 @pytest.mark.parametrize("bare", ["server", "client", "strategies", "privacy", "simulations"])
 def test_no_bare_top_level_module(bare: str, tmp_path: object) -> None:
     # Outside the checkout, only `federator.<bare>` exists.
-    code = (f"import importlib.util, sys; assert importlib.util.find_spec({bare!r}) is None; "
-            f"import federator.{bare}")
+    code = (
+        f"import importlib.util, sys; assert importlib.util.find_spec({bare!r}) is None; "
+        f"import federator.{bare}"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), check=True)

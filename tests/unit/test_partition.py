@@ -20,8 +20,12 @@ from federator.simulations.partition import (
 
 
 def spec(**kw: object) -> SimulationData:
-    base: dict[str, object] = {"dataset": "digits", "clients": 5, "partitioner": Partitioner.IID,
-                               "seed": 1}
+    base: dict[str, object] = {
+        "dataset": "digits",
+        "clients": 5,
+        "partitioner": Partitioner.IID,
+        "seed": 1,
+    }
     base.update(kw)
     return SimulationData(**base)  # type: ignore[arg-type]
 
@@ -30,20 +34,29 @@ def test_builtin_datasets_ship_offline() -> None:
     digits = load_dataset("digits")
     assert digits.x.shape == (1797, 64)
     assert digits.x.dtype == np.float32
-    assert 0.0 <= digits.x.min() and digits.x.max() <= 1.0
+    assert digits.x.min() >= 0.0
+    assert digits.x.max() <= 1.0
     mnist = load_dataset("mnist")
     assert mnist.x.shape == (5000, 1, 28, 28)
     assert np.bincount(mnist.y).tolist() == [500] * 10
 
 
 @settings(max_examples=15, deadline=None)
-@given(clients=st.integers(1, 40), seed=st.integers(0, 10_000),
-       holdout=st.floats(0.05, 0.5), partitioner=st.sampled_from([Partitioner.IID,
-                                                                    Partitioner.DIRICHLET]))
-def test_split_is_a_partition_of_all_rows(clients: int, seed: int, holdout: float,
-                                          partitioner: Partitioner) -> None:
-    kw: dict[str, object] = {"clients": clients, "seed": seed, "server_holdout": holdout,
-                             "partitioner": partitioner}
+@given(
+    clients=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    holdout=st.floats(0.05, 0.5),
+    partitioner=st.sampled_from([Partitioner.IID, Partitioner.DIRICHLET]),
+)
+def test_split_is_a_partition_of_all_rows(
+    clients: int, seed: int, holdout: float, partitioner: Partitioner
+) -> None:
+    kw: dict[str, object] = {
+        "clients": clients,
+        "seed": seed,
+        "server_holdout": holdout,
+        "partitioner": partitioner,
+    }
     if partitioner is Partitioner.DIRICHLET:
         kw.update(alpha=1.0, min_partition_size=0)
     try:
@@ -107,8 +120,9 @@ def test_more_clients_than_examples_is_a_data_error() -> None:
 
 def test_impossible_dirichlet_is_a_data_error() -> None:
     with pytest.raises(DataError, match="dirichlet partitioner cannot split"):
-        compute_split(spec(clients=100, partitioner=Partitioner.DIRICHLET, alpha=0.01,
-                           min_partition_size=20))
+        compute_split(
+            spec(clients=100, partitioner=Partitioner.DIRICHLET, alpha=0.01, min_partition_size=20)
+        )
 
 
 def test_user_dataset_reference(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +136,8 @@ def test_user_dataset_reference(tmp_path: object, monkeypatch: pytest.MonkeyPatc
         "    rng = np.random.default_rng(0)\n"
         "    return rng.normal(size=(50, 3)), np.arange(50) % 2\n"
         "def bad():\n"
-        "    return 'not data'\n")
+        "    return 'not data'\n"
+    )
     monkeypatch.syspath_prepend(str(folder))
     data = load_dataset("mydata:load")
     assert data.x.shape == (50, 3)

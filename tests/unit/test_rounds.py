@@ -51,16 +51,27 @@ def make_plan(raw: dict[str, Any], **changes: Any) -> FederationPlan:
 
 def federate(plan: FederationPlan, grid: FakeGrid, **kw: Any) -> tuple[Federation, Recorder]:
     rec = Recorder()
-    fed = Federation(plan, grid=grid,
-                     evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-                     directory=NodeDirectory(grid, salt="t"), observers=[rec], **kw)
+    fed = Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=NodeDirectory(grid, salt="t"),
+        observers=[rec],
+        **kw,
+    )
     fed.run()
     return fed, rec
 
 
 def test_rounds_train_evaluate_and_gate(raw_config: dict[str, Any]) -> None:
-    plan = make_plan(raw_config, federation__rounds=3, training__lr=0.1,
-                     training__momentum=0.9, training__epochs=2, gate__threshold=0.5)
+    plan = make_plan(
+        raw_config,
+        federation__rounds=3,
+        training__lr=0.1,
+        training__momentum=0.9,
+        training__epochs=2,
+        gate__threshold=0.5,
+    )
     fed, rec = federate(plan, FakeGrid(client_handlers(4)))
     assert rec.started is not None
     assert len(rec.started.nodes) == 4
@@ -117,7 +128,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(raw_config: dict[str, Any]
 def test_silent_node_is_left_out(raw_config: dict[str, Any]) -> None:
     plan = make_plan(raw_config, federation__rounds=1)
     handlers = client_handlers(4)
-    silent = list(handlers)[0]
+    silent = next(iter(handlers))
     original = handlers[silent]
     handlers[silent] = lambda m: original(m) if m.metadata.message_type == "query" else None
     _, rec = federate(plan, FakeGrid(handlers))
@@ -128,13 +139,17 @@ def test_silent_node_is_left_out(raw_config: dict[str, Any]) -> None:
 def test_too_few_updates_skip_the_round_then_stop_the_run(raw_config: dict[str, Any]) -> None:
     plan = make_plan(raw_config, federation__rounds=5, strategy__min_replies=4)
     handlers = client_handlers(4)
-    first = list(handlers)[0]
+    first = next(iter(handlers))
     handlers[first] = _nan_update(handlers[first])
     rec = Recorder()
     grid = FakeGrid(handlers)
-    fed = Federation(plan, grid=grid,
-                     evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-                     directory=NodeDirectory(grid, salt="t"), observers=[rec])
+    fed = Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=NodeDirectory(grid, salt="t"),
+        observers=[rec],
+    )
     with pytest.raises(FederationFailed, match="3 rounds in a row were skipped.*3 of 4"):
         fed.run()
     assert [o.status for o in rec.rounds] == [RoundStatus.SKIPPED] * 3
@@ -143,16 +158,22 @@ def test_too_few_updates_skip_the_round_then_stop_the_run(raw_config: dict[str, 
 
 
 def test_results_do_not_depend_on_flower_node_ids(raw_config: dict[str, Any]) -> None:
-    plan = make_plan(raw_config, federation__rounds=2, strategy__fraction_train=0.5,
-                     data__clients=6)
+    plan = make_plan(
+        raw_config, federation__rounds=2, strategy__fraction_train=0.5, data__clients=6
+    )
     runs = []
     orders = []
     for id_seed in (1, 2):
         handlers = client_handlers(6, id_seed=id_seed)
         orders.append(sorted(range(6), key=lambda i: list(handlers)[i]))
         _, rec = federate(plan, FakeGrid(handlers))
-        runs.append([(o.server_eval.accuracy, o.server_eval.loss, o.participants)
-                     for o in rec.rounds if o.server_eval])
+        runs.append(
+            [
+                (o.server_eval.accuracy, o.server_eval.loss, o.participants)
+                for o in rec.rounds
+                if o.server_eval
+            ]
+        )
     assert orders[0] != orders[1]  # the two runs see nodes in different id orders
     assert runs[0] == runs[1]
 
@@ -168,9 +189,14 @@ def test_waiting_for_nodes_times_out_with_a_clear_error(raw_config: dict[str, An
 
     directory = NodeDirectory(grid, salt="t", clock=lambda: now[0], sleep=tick)
     rec = Recorder()
-    fed = Federation(plan, grid=grid,
-                     evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-                     directory=directory, observers=[rec], node_timeout=30)
+    fed = Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=directory,
+        observers=[rec],
+        node_timeout=30,
+    )
     with pytest.raises(FederationFailed, match="only 2 of the 4 nodes needed connected"):
         fed.run()
     assert rec.waits == [(2, 4)]

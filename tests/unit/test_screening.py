@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from federator.strategies import Guarded, array_specs, screen_replies
 from federator.strategies.screening import LABEL_KEY, META_KEY
 
+
 def ar(**arrays: np.ndarray) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
@@ -29,13 +30,21 @@ def _identity() -> Iterator[None]:
         yield
 
 
-def reply(node_id: int, *, w: np.ndarray | None = None, n: object = 10, label: str = "",
-          extra: dict[str, float] | None = None, arrays: ArrayRecord | None = None,
-          metrics: MetricRecord | None = None) -> Message:
+def reply(
+    node_id: int,
+    *,
+    w: np.ndarray | None = None,
+    n: object = 10,
+    label: str = "",
+    extra: dict[str, float] | None = None,
+    arrays: ArrayRecord | None = None,
+    metrics: MetricRecord | None = None,
+) -> Message:
     ins = instruction(RecordDict({"config": ConfigRecord()}), node_id=node_id)
     if arrays is None:
-        arrays = ar(w=np.full((2, 3), 1.0, np.float32) if w is None else w,
-                    b=np.ones(3, np.float32))
+        arrays = ar(
+            w=np.full((2, 3), 1.0, np.float32) if w is None else w, b=np.ones(3, np.float32)
+        )
     if metrics is None:
         metrics = MetricRecord({"num-examples": n, "loss": 0.5, **(extra or {})})  # type: ignore[dict-item]
     content = RecordDict({"arrays": arrays, "metrics": metrics})
@@ -56,26 +65,43 @@ def test_good_reply_is_accepted() -> None:
     assert result.accepted[0].metrics == {"loss": 0.5}
 
 
-@pytest.mark.parametrize(("make", "reason"), [
-    (lambda: reply(1, w=np.full((2, 3), np.nan, np.float32)),
-     "array 'w' contains NaN or infinite values"),
-    (lambda: reply(1, w=np.full((2, 3), np.inf, np.float32)),
-     "array 'w' contains NaN or infinite values"),
-    (lambda: reply(1, w=np.zeros((3, 2), np.float32)), "array 'w' has shape (3, 2), expected (2, 3)"),
-    (lambda: reply(1, w=np.zeros((2, 3), np.float64)), "array 'w' has dtype float64, expected float32"),
-    (lambda: reply(1, arrays=ar(w=np.zeros((2, 3), np.float32))),
-     "missing ['b']"),
-    (lambda: reply(1, arrays=ar(**{k: v.numpy() for k, v in GLOBAL.items()},
-                                 x=np.zeros(1, np.float32))),
-     "unexpected ['x']"),
-    (lambda: reply(1, n=0), "'num-examples' must be positive, got 0"),
-    (lambda: reply(1, n=-5), "'num-examples' must be positive, got -5"),
-    (lambda: reply(1, n=2.5), "'num-examples' must be a whole number, got 2.5"),
-    (lambda: reply(1, metrics=MetricRecord({"loss": 1.0})), "has no 'num-examples'"),
-    (lambda: reply(1, extra={"loss2": float("nan")}), "metric 'loss2' is not finite"),
-    (lambda: reply(1, metrics=MetricRecord({"num-examples": 3, "hist": [1.0, 2.0]})),
-     "metric 'hist' is a list"),
-])
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            lambda: reply(1, w=np.full((2, 3), np.nan, np.float32)),
+            "array 'w' contains NaN or infinite values",
+        ),
+        (
+            lambda: reply(1, w=np.full((2, 3), np.inf, np.float32)),
+            "array 'w' contains NaN or infinite values",
+        ),
+        (
+            lambda: reply(1, w=np.zeros((3, 2), np.float32)),
+            "array 'w' has shape (3, 2), expected (2, 3)",
+        ),
+        (
+            lambda: reply(1, w=np.zeros((2, 3), np.float64)),
+            "array 'w' has dtype float64, expected float32",
+        ),
+        (lambda: reply(1, arrays=ar(w=np.zeros((2, 3), np.float32))), "missing ['b']"),
+        (
+            lambda: reply(
+                1, arrays=ar(**{k: v.numpy() for k, v in GLOBAL.items()}, x=np.zeros(1, np.float32))
+            ),
+            "unexpected ['x']",
+        ),
+        (lambda: reply(1, n=0), "'num-examples' must be positive, got 0"),
+        (lambda: reply(1, n=-5), "'num-examples' must be positive, got -5"),
+        (lambda: reply(1, n=2.5), "'num-examples' must be a whole number, got 2.5"),
+        (lambda: reply(1, metrics=MetricRecord({"loss": 1.0})), "has no 'num-examples'"),
+        (lambda: reply(1, extra={"loss2": float("nan")}), "metric 'loss2' is not finite"),
+        (
+            lambda: reply(1, metrics=MetricRecord({"num-examples": 3, "hist": [1.0, 2.0]})),
+            "metric 'hist' is a list",
+        ),
+    ],
+)
 def test_bad_replies_are_rejected_with_a_reason(make: object, reason: str) -> None:
     assert reason in refused(make())  # type: ignore[operator]
 
@@ -94,14 +120,19 @@ def test_two_array_records_are_rejected() -> None:
 
 def test_evaluation_replies_need_no_arrays() -> None:
     ins = instruction(RecordDict({"config": ConfigRecord()}), node_id=2, kind="evaluate")
-    m = Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 4,
-                                                            "accuracy": 0.5})}), reply_to=ins)
+    m = Message(
+        content=RecordDict({"metrics": MetricRecord({"num-examples": 4, "accuracy": 0.5})}),
+        reply_to=ins,
+    )
     assert len(screen_replies([m], expected=None).accepted) == 1
 
 
 def test_accepted_replies_are_ordered_and_trimmed_to_shared_metrics() -> None:
-    replies = [reply(9, label="b", extra={"acc": 1.0}), reply(3, label="c"),
-               reply(5, label="a", extra={"acc": 0.5})]
+    replies = [
+        reply(9, label="b", extra={"acc": 1.0}),
+        reply(3, label="c"),
+        reply(5, label="a", extra={"acc": 0.5}),
+    ]
     result = screen_replies(replies, expected=array_specs(GLOBAL))
     assert [r.label for r in result.accepted] == ["a", "b", "c"]
     for msg in result.messages():
@@ -132,8 +163,9 @@ def test_guarded_with_no_good_update_aggregates_nothing() -> None:
 
 def test_guarded_works_with_strategies_that_consume_replies() -> None:
     # FedTrimmedAvg pops arrays out of the replies it gets; screening has already read them.
-    replies = [reply(i, w=np.full((2, 3), float(i), np.float32), label=f"p{i}")
-               for i in range(1, 6)]
+    replies = [
+        reply(i, w=np.full((2, 3), float(i), np.float32), label=f"p{i}") for i in range(1, 6)
+    ]
     g = Guarded(FedTrimmedAvg(beta=0.2, min_available_nodes=1, min_train_nodes=1), seed=0)
     g.configure_train(1, GLOBAL, ConfigRecord(), ONE_NODE)
     arrays, _ = g.aggregate_train(1, replies)
@@ -143,18 +175,25 @@ def test_guarded_works_with_strategies_that_consume_replies() -> None:
 
 def _sampled(node_ids: list[int], labels: dict[int, str], seed: int, rnd: int) -> list[str]:
     grid = FakeGrid({n: (lambda m: None) for n in node_ids})
-    g = Guarded(FedAvg(fraction_train=0.3, min_available_nodes=1, min_train_nodes=1),
-                seed=seed, node_order=labels.__getitem__)
+    g = Guarded(
+        FedAvg(fraction_train=0.3, min_available_nodes=1, min_train_nodes=1),
+        seed=seed,
+        node_order=labels.__getitem__,
+    )
     msgs = g.configure_train(rnd, GLOBAL, ConfigRecord(), grid)
     return sorted(labels[m.metadata.dst_node_id] for m in msgs)
 
 
 @settings(max_examples=25, deadline=None)
-@given(ids_a=st.lists(st.integers(1, 2**62), min_size=10, max_size=10, unique=True),
-       ids_b=st.lists(st.integers(1, 2**62), min_size=10, max_size=10, unique=True),
-       seed=st.integers(0, 2**31), rnd=st.integers(1, 50))
+@given(
+    ids_a=st.lists(st.integers(1, 2**62), min_size=10, max_size=10, unique=True),
+    ids_b=st.lists(st.integers(1, 2**62), min_size=10, max_size=10, unique=True),
+    seed=st.integers(0, 2**31),
+    rnd=st.integers(1, 50),
+)
 def test_sampling_depends_on_labels_and_seed_not_on_node_ids(
-        ids_a: list[int], ids_b: list[int], seed: int, rnd: int) -> None:
+    ids_a: list[int], ids_b: list[int], seed: int, rnd: int
+) -> None:
     """Flower's node ids are random per run; the sample must not be."""
     labels_a = {n: f"partition-{i}" for i, n in enumerate(ids_a)}
     labels_b = {n: f"partition-{i}" for i, n in enumerate(ids_b)}

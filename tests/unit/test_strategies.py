@@ -9,12 +9,22 @@ from pydantic import ValidationError
 from federator import RegistryError
 from federator.strategies import STRATEGIES, Registry, Sampling
 
-SAMPLING = Sampling(fraction_train=0.5, fraction_evaluate=0.25, min_train_nodes=3,
-                    min_evaluate_nodes=2, min_available_nodes=6)
+SAMPLING = Sampling(
+    fraction_train=0.5,
+    fraction_evaluate=0.25,
+    min_train_nodes=3,
+    min_evaluate_nodes=2,
+    min_available_nodes=6,
+)
 
 EXPECTED = {
-    "fedavg": fl.FedAvg, "fedprox": fl.FedProx, "fedadam": fl.FedAdam, "fedyogi": fl.FedYogi,
-    "krum": fl.Krum, "multikrum": fl.MultiKrum, "fedtrimmedavg": fl.FedTrimmedAvg,
+    "fedavg": fl.FedAvg,
+    "fedprox": fl.FedProx,
+    "fedadam": fl.FedAdam,
+    "fedyogi": fl.FedYogi,
+    "krum": fl.Krum,
+    "multikrum": fl.MultiKrum,
+    "fedtrimmedavg": fl.FedTrimmedAvg,
     "fedmedian": fl.FedMedian,
 }
 
@@ -59,8 +69,9 @@ def test_parameters_reach_the_strategy() -> None:
     s = spec.build(SAMPLING, spec.parse_params({"eta": 0.3, "tau": 0.01}))
     assert (s.eta, s.tau) == (0.3, 0.01)  # type: ignore[attr-defined]
     spec = STRATEGIES.get("multikrum")
-    s = spec.build(SAMPLING, spec.parse_params({"num_malicious_nodes": 1,
-                                               "num_nodes_to_select": 3}))
+    s = spec.build(
+        SAMPLING, spec.parse_params({"num_malicious_nodes": 1, "num_nodes_to_select": 3})
+    )
     assert (s.num_malicious_nodes, s.num_nodes_to_select) == (1, 3)  # type: ignore[attr-defined]
 
 
@@ -74,8 +85,9 @@ def test_robust_strategies_are_marked() -> None:
     assert robust == {"krum", "multikrum", "fedtrimmedavg", "fedmedian"}
 
 
-@pytest.mark.parametrize(("f", "n", "ok"), [(0, 3, True), (1, 4, False), (1, 5, True),
-                                            (2, 6, False), (2, 7, True)])
+@pytest.mark.parametrize(
+    ("f", "n", "ok"), [(0, 3, True), (1, 4, False), (1, 5, True), (2, 6, False), (2, 7, True)]
+)
 def test_krum_bound_is_2f_plus_2(f: int, n: int, ok: bool) -> None:
     spec = STRATEGIES.get("krum")
     problems = spec.problems(spec.parse_params({"num_malicious_nodes": f}), train_nodes=n)

@@ -14,8 +14,9 @@ from federator.client.tasks import DIGITS_MLP, MNIST_CNN, Optimizer, TrainSettin
 from federator.client.weights import model_arrays
 from federator.simulations.datasets import load_dataset
 
-SETTINGS = TrainSettings(epochs=1, batch_size=32, optimizer=Optimizer.SGD, lr=0.1,
-                         momentum=0.9, seed=5)
+SETTINGS = TrainSettings(
+    epochs=1, batch_size=32, optimizer=Optimizer.SGD, lr=0.1, momentum=0.9, seed=5
+)
 
 
 def small_digits() -> object:
@@ -42,8 +43,7 @@ def test_training_is_deterministic_for_a_seed() -> None:
         torch.manual_seed(0)
         model = DIGITS_MLP.build_model()
         DIGITS_MLP.train(model, data, TrainSettings(**{**SETTINGS.__dict__, "seed": seed}))  # type: ignore[arg-type]
-        results.append(np.concatenate([a.numpy().ravel()
-                                       for a in model_arrays(model).values()]))
+        results.append(np.concatenate([a.numpy().ravel() for a in model_arrays(model).values()]))
     assert np.array_equal(results[0], results[1])
     assert not np.array_equal(results[0], results[2])
 
@@ -67,9 +67,18 @@ def test_fedprox_term_keeps_weights_near_the_global_model() -> None:
         torch.manual_seed(0)
         model = DIGITS_MLP.build_model()
         start = torch.cat([p.detach().clone().ravel() for p in model.parameters()])
-        DIGITS_MLP.train(model, data, TrainSettings(**{**SETTINGS.__dict__,  # type: ignore[arg-type]
-                                                       "proximal_mu": mu, "momentum": 0.0,
-                                                       "lr": 0.005}))
+        DIGITS_MLP.train(
+            model,
+            data,
+            TrainSettings(
+                **{
+                    **SETTINGS.__dict__,  # type: ignore[arg-type]
+                    "proximal_mu": mu,
+                    "momentum": 0.0,
+                    "lr": 0.005,
+                }
+            ),
+        )
         end = torch.cat([p.detach().ravel() for p in model.parameters()])
         drift[mu] = float((end - start).norm())
     assert drift[100.0] < 0.5 * drift[0.0]
@@ -78,12 +87,15 @@ def test_fedprox_term_keeps_weights_near_the_global_model() -> None:
 def test_adam_optimizer_trains() -> None:
     torch.manual_seed(0)
     model = DIGITS_MLP.build_model()
-    DIGITS_MLP.train(model, small_digits(), TrainSettings(epochs=2, batch_size=16,
-                                                          optimizer=Optimizer.ADAM, lr=0.01))
+    DIGITS_MLP.train(
+        model,
+        small_digits(),
+        TrainSettings(epochs=2, batch_size=16, optimizer=Optimizer.ADAM, lr=0.01),
+    )
     assert DIGITS_MLP.evaluate(model, small_digits()).accuracy > 0.6
 
 
-USER_TASK = '''
+USER_TASK = """
 import torch
 from federator.client.tasks import ClassificationTask
 
@@ -102,7 +114,7 @@ class Incomplete:
         return make_model()
 
 half = Incomplete()
-'''
+"""
 
 
 def test_user_task_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,12 +46,12 @@ def _client(plan: FederationPlan) -> Any:
 def test_every_round_becomes_a_tagged_version(raw_config: dict[str, Any]) -> None:
     plan = _plan(raw_config)
     lines: list[str] = []
-    summary = run_federation(FakeGrid(client_handlers(4)), plan,
-                             display=LogProgress(lines.append))
+    summary = run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(lines.append))
     client = _client(plan)
     name = plan.tracking.registered_model
-    versions = sorted(client.search_model_versions(f"name = '{name}'"),
-                      key=lambda v: int(v.version))
+    versions = sorted(
+        client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    )
     assert [v.tags["federator.round"] for v in versions] == ["1", "2", "3"]
     assert summary.versions == {1: "1", 2: "2", 3: "3"}
 
@@ -83,8 +83,13 @@ def test_every_round_becomes_a_tagged_version(raw_config: dict[str, Any]) -> Non
     outcome = summary.outcomes[-1]
     assert outcome.server_eval is not None
     assert history[-1].value == pytest.approx(outcome.server_eval.accuracy)
-    for key in ("round/participants", "round/wall_time_s", "train/loss", "clients/accuracy",
-                "gate/promoted"):
+    for key in (
+        "round/participants",
+        "round/wall_time_s",
+        "train/loss",
+        "clients/accuracy",
+        "gate/promoted",
+    ):
         assert key in run.data.metrics, key
     for c in outcome.train_clients:
         assert f"client/{c.pseudonym}/val_accuracy" in run.data.metrics
@@ -101,8 +106,9 @@ def test_every_round_becomes_a_tagged_version(raw_config: dict[str, Any]) -> Non
     assert lineage["parent_version"] == "2"
     plots = {a.path for a in client.list_artifacts(summary.run_id, "plots")}
     assert plots == {"plots/accuracy.png", "plots/client_accuracy.png"}
-    local = client.download_artifacts(summary.run_id, "federation/rounds.json",
-                                      str(src.parent.parent.parent / "dl"))
+    local = client.download_artifacts(
+        summary.run_id, "federation/rounds.json", str(src.parent.parent.parent / "dl")
+    )
     rounds = json.loads(Path(local).read_text())["rounds"]
     assert [r["version"] for r in rounds] == ["1", "2", "3"]
     assert rounds[0]["gate"]["decision"] == summary.outcomes[0].decision.verdict.value  # type: ignore[union-attr]
@@ -141,9 +147,10 @@ def test_failed_federation_still_records_its_rounds(raw_config: dict[str, Any]) 
     raw["federation"]["rounds"] = 4
     plan = build_plan(raw, source="test")
     handlers = client_handlers(4)
-    first = list(handlers)[0]
-    handlers[first] = lambda m: None if m.metadata.message_type == "train" else \
-        client_handlers(4)[first](m)
+    first = next(iter(handlers))
+    handlers[first] = lambda m: (
+        None if m.metadata.message_type == "train" else client_handlers(4)[first](m)
+    )
     with pytest.raises(FederationFailed):
         run_federation(FakeGrid(handlers), plan, display=LogProgress(lambda _: None))
     client = _client(plan)
@@ -154,8 +161,9 @@ def test_failed_federation_still_records_its_rounds(raw_config: dict[str, Any]) 
     assert client.search_model_versions("name = 'unit'") == []  # nothing half-registered
 
 
-def test_mlflow_write_failure_stops_the_federation(raw_config: dict[str, Any],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_write_failure_stops_the_federation(
+    raw_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     plan = _plan(raw_config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from federator.server._worker import OrderedWorker
 
 
@@ -11,7 +13,12 @@ def test_jobs_run_in_order_and_close_waits_for_all() -> None:
     done: list[int] = []
     gate = threading.Event()
     w = OrderedWorker("t")
-    w.submit("first", lambda: (gate.wait(5), done.append(1)) and None)
+
+    def first() -> None:
+        gate.wait(5)
+        done.append(1)
+
+    w.submit("first", first)
     for i in range(2, 6):
         w.submit(f"job {i}", lambda i=i: done.append(i))  # type: ignore[misc]
     assert w.pending == 5
@@ -43,9 +50,5 @@ def test_first_failure_stops_the_queue_and_names_what_was_skipped() -> None:
 def test_submit_after_close_is_refused() -> None:
     w = OrderedWorker("t")
     w.close()
-    try:
+    with pytest.raises(RuntimeError, match="closed"):
         w.submit("late", lambda: None)
-    except RuntimeError as err:
-        assert "closed" in str(err)
-    else:
-        raise AssertionError("submit after close must raise")
