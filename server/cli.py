@@ -13,6 +13,7 @@ Federator refuses.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -95,6 +96,8 @@ def _error(message: str, *notes: str) -> None:
 
 
 def _quiet_libraries(verbose: bool) -> None:
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow imports
     level = logging.INFO if verbose else logging.WARNING
     for name in ("mlflow", "alembic", "ray", "flwr"):
         logging.getLogger(name).setLevel(level)

@@ -52,6 +52,8 @@ def plot_rounds(outcomes: Sequence[RoundOutcome], path: Path) -> Path:
             zorder=3,
         )
     ax_acc.set(title="Validation accuracy", xlabel="round", ylabel="accuracy")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax_acc.legend(loc="lower right")
     ax_loss.plot(
         rounds,
@@ -80,6 +82,7 @@ def plot_clients(outcomes: Sequence[RoundOutcome], path: Path) -> Path:
     for pseudonym, points in sorted(series.items()):
         ax.plot(*zip(*points, strict=True), marker=".", label=pseudonym)
     ax.set(title="Per-client validation accuracy", xlabel="round", ylabel="accuracy")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     if 0 < len(series) <= 20:
         ax.legend(fontsize="small", ncol=2, loc="lower right")
     fig.tight_layout()

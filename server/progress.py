@@ -14,6 +14,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from federator.server.events import FederationStarted, FederationSummary, RoundOutcome, RoundStatus
 
@@ -134,9 +135,16 @@ class RichProgress:
             if outcome.decision and outcome.decision.promoted
             else ("yellow" if outcome.status is RoundStatus.COMPLETED else "red")
         )
-        self.console.print(_line(cells), style=style, highlight=False)
+        *head, gate = cells
+        verdict, _, why = gate.partition(": ")
+        self.console.print(_line([*head, verdict]), style=style, highlight=False)
+        if why:
+            self.console.print(Text(f"       ↳ {why}", style="dim"))
         for r in outcome.refusals:
-            self.console.print(f"   [yellow]refused[/] {r.phase} from {r.pseudonym}: {r.reason}")
+            self.console.print(
+                Text("       refused ", style="yellow")
+                + Text(f"{r.phase} from {r.pseudonym}: {r.reason}")
+            )
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -149,9 +150,16 @@ class Federation:
         )
         for obs in self._observers:
             obs.on_start(started)
-        outcomes = []
-        for rnd in range(1, plan.rounds + 1):
-            outcome = self._round(rnd, state.arrays)
+        outcomes: list[RoundOutcome] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="federator-eval") as pool:
+            self._run_rounds(state, outcomes, pool)
+        return outcomes
+
+    def _run_rounds(
+        self, state: _RoundState, outcomes: list[RoundOutcome], server_side: Executor
+    ) -> None:
+        for rnd in range(1, self.plan.rounds + 1):
+            outcome = self._round(rnd, state.arrays, server_side)
             outcomes.append(outcome)
             for obs in self._observers:
                 obs.on_round(outcome)
@@ -165,7 +173,6 @@ class Federation:
                         f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
                         f"one because {outcome.skip_reason}"
                     )
-        return outcomes
 
     def _waiting(self, connected: int, needed: int) -> None:
         for obs in self._observers:
@@ -204,7 +211,7 @@ class Federation:
             return []
         return list(self._grid.send_and_receive(messages, timeout=self.plan.strategy.round_timeout))
 
-    def _round(self, rnd: int, arrays: ArrayRecord) -> RoundOutcome:
+    def _round(self, rnd: int, arrays: ArrayRecord, server_side: Executor) -> RoundOutcome:
         t0 = self._clock()
         self._directory.refresh()
         s = self.strategy
@@ -243,8 +250,10 @@ class Federation:
             return replace(skipped, wall_time=self._clock() - t0)
 
         eval_msgs = list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+        # The server evaluates on its hold-out while the clients evaluate on theirs.
+        server_future = server_side.submit(self._evaluate, new_arrays)
         eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))
-        server_eval = self._evaluate(new_arrays)
+        server_eval = server_future.result()
         eval_clients = self._results(s.last_evaluate)
         metric = self.plan.gate.metric
         candidate = Candidate(

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from federator import TrackingError, __version__
-from federator.client.weights import load_arrays, save_safetensors
+from federator.client.weights import save_safetensors
 from federator.server import _mlflow_io as io
+from federator.server._export import ModelExporter
 from federator.server._worker import OrderedWorker
 from federator.server.events import FederationStarted, RoundOutcome, RoundStatus
 from federator.server.plan import FederationPlan
@@ -101,7 +102,7 @@ class MlflowTracking:
         self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._lineage = _Lineage()
         self._outcomes: list[RoundOutcome] = []
-        self._example: np.ndarray | None = None
+        self._exporter = ModelExporter()
         self.run_id = ""
         self.experiment_id = ""
         self._artifact_uri = ""
@@ -159,6 +160,7 @@ class MlflowTracking:
         self._submit("round summary", self._log_summary)
         self._submit("end run", lambda: self._client.set_terminated(self.run_id, status=status))
         failure = self._opened_worker().close(on_wait=on_wait)
+        self._exporter.close()
         if self._staging is not None:
             self._staging.cleanup()
         if failure is not None:
@@ -201,7 +203,10 @@ class MlflowTracking:
         """Nothing to record while nodes connect."""
 
     def on_start(self, event: FederationStarted) -> None:
-        self._example = np.asarray(event.example_input)
+        # Two examples (batch ≥ 2 keeps the exported batch dimension dynamic).
+        np.save(
+            self._staging_dir() / "example.npy", np.asarray(event.example_input), allow_pickle=False
+        )
         initial = {
             "val/accuracy": event.initial_eval.accuracy,
             "val/loss": event.initial_eval.loss,
@@ -235,23 +240,17 @@ class MlflowTracking:
         )
 
     def _model_dir(self, outcome: RoundOutcome, lineage: dict[str, Any]) -> Path:
-        import mlflow.pytorch
-        import torch
-
         assert outcome.arrays is not None
-        out = self._staging_dir() / f"round-{outcome.round:04d}"
-        model = self.plan.task().build_model()
-        load_arrays(model, outcome.arrays)
-        model.eval()
-        with torch.no_grad():
-            mlflow.pytorch.save_model(
-                model,
-                str(out),
-                input_example=self._example,
-                serialization_format="pt2",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-        save_safetensors(outcome.arrays, out / "weights.safetensors")
+        stem = self._staging_dir() / f"round-{outcome.round:04d}"
+        weights = stem.with_suffix(".safetensors")
+        save_safetensors(outcome.arrays, weights)
+        out = self._exporter.export(
+            task_ref=self.plan.task_ref,
+            weights=weights,
+            example=self._staging_dir() / "example.npy",
+            out=stem,
+        )
+        weights.replace(out / "weights.safetensors")
         (out / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True))
         return out
 

@@ -38,6 +38,19 @@ def _quiet_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _DropRunSimulationNotice(logging.Filter):
+    """Flower announces on every call that `run_simulation` will go away; the user of
+    `federator simulate` did not call it and cannot act on that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+def _quiet_warnings() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def simulate(
     plan: FederationPlan,
     *,
@@ -57,6 +70,9 @@ def simulate(
     preflight(plan.tracking.uri, artifact_location=plan.tracking.artifact_location)
     from flwr.simulation import run_simulation
 
+    if not verbose:
+        _quiet_warnings()  # after Flower's import, which turns DeprecationWarnings back on
+
     from federator.client.app import app as client_app
     from federator.server.app import build_server_app
 
@@ -75,6 +91,8 @@ def simulate(
     }
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
+    notice_filter = _DropRunSimulationNotice()
+    flwr_logger.addFilter(notice_filter)
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     try:
@@ -89,6 +107,7 @@ def simulate(
             )
     finally:
         flwr_logger.setLevel(level)
+        flwr_logger.removeFilter(notice_filter)
     if not results:
         raise FederationFailed(
             "the simulation ended without finishing the federation (see the log above)"

@@ -1,0 +1,171 @@
+"""Shared pieces of the benchmarks: a bare Flower app doing Federator's training, timing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
+from federator.server.plan import FederationPlan
+from federator.server.rounds import initial_arrays
+from federator.simulations.partition import client_data
+
+
+class Stamped(Strategy):
+    """Wraps a strategy and records when each round starts (its ``configure_train``)."""
+
+    def __init__(self, inner: Strategy, stamps: list[float]) -> None:
+        self.inner = inner
+        self.stamps = stamps
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.stamps.append(time.monotonic())
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def bare_flower_apps(plan: FederationPlan, stamps: list[float]) -> tuple[ServerApp, ClientApp]:
+    """Plain Flower: FedAvg's own ``start`` loop and a ClientApp running the same task code on
+    the same partitions — without screening, server-side evaluation, gate or MLflow."""
+    task, settings, spec = plan.task(), plan.training, plan.data
+    n = spec.clients
+
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        data = client_data(spec, int(context.node_config["partition-id"]))
+        model = task.build_model()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        metrics = task.train(model, data.train, settings)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(model.state_dict()),
+                    "metrics": MetricRecord({"num-examples": len(data.train), **metrics}),
+                }
+            ),
+            reply_to=msg,
+        )
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        data = client_data(spec, int(context.node_config["partition-id"]))
+        model = task.build_model()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        result = task.evaluate(model, data.val)
+        return Message(
+            RecordDict(
+                {
+                    "metrics": MetricRecord(
+                        {
+                            "num-examples": result.num_examples,
+                            "loss": result.loss,
+                            "accuracy": result.accuracy,
+                        }
+                    )
+                }
+            ),
+            reply_to=msg,
+        )
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        # min_* = n: like Federator, wait for every node before sampling round 1.
+        strategy = Stamped(
+            FedAvg(min_available_nodes=n, min_train_nodes=n, min_evaluate_nodes=n), stamps
+        )
+        strategy.start(
+            grid=grid, initial_arrays=initial_arrays(task, plan.seed), num_rounds=plan.rounds
+        )
+        stamps.append(time.monotonic())
+
+    return server, client
+
+
+class StampDisplay:
+    """A silent display that records when the federation starts and each round ends."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.outcomes: list[RoundOutcome] = []
+        self.finished: float | None = None
+
+    def on_waiting(self, connected: int, needed: int) -> None:
+        """Nothing to show."""
+
+    def on_start(self, event: FederationStarted) -> None:
+        self.stamps.append(time.monotonic())
+
+    def on_round(self, outcome: RoundOutcome) -> None:
+        self.stamps.append(time.monotonic())
+        self.outcomes.append(outcome)
+
+    def stop(self) -> None:
+        self.finished = time.monotonic()
+
+    def saving(self, pending: int) -> None:
+        """Nothing to show."""
+
+    def summary(self, s: FederationSummary) -> None:
+        """Nothing to show."""
+
+
+def round_times(stamps: list[float]) -> list[float]:
+    """Durations between consecutive stamps (round k starts → round k+1 starts)."""
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def steady(times: list[float]) -> float:
+    """Median round time without round 1 (which includes starting Ray's workers)."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def run_variant(module: str, variant: str, *args: str) -> dict[str, object]:
+    """Run ``python -m module --variant VARIANT`` in a fresh process (fresh Ray), read JSON."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"federator-bench-{os.getpid()}-{variant}.json"
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+    subprocess.run(
+        [sys.executable, "-m", module, "--variant", variant, "--json", str(out), *args],
+        check=True,
+        env=env,
+    )
+    result: dict[str, object] = json.loads(out.read_text())
+    out.unlink()
+    return result

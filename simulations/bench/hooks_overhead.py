@@ -1,0 +1,141 @@
+"""Benchmark: what Federator's hooks cost per round, against bare Flower doing the same work.
+
+Both variants run the same task on the same partitions on Flower's Simulation Engine, each in
+a fresh process, alternating (bare, federator, bare, federator, ...) so drift hits both:
+
+* bare Flower — ``FedAvg.start`` and a plain ClientApp: train + evaluate messages, nothing else;
+* Federator — every hook on: reply screening, server-side evaluation on the hold-out, the gate,
+  MLflow (run, metrics, a model version with pt2 export + safetensors per round), progress.
+
+Reported: the median round wall time without round 1 (Ray start-up), and the ratio.
+Goal: ratio ≤ 1.05.
+
+    python -m federator.simulations.bench.hooks_overhead [--rounds 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from federator.server.plan import (
+    FederationPlan,
+    build_plan,
+    read_config_file,
+    resolve_config_path,
+)
+from federator.simulations.bench._common import (
+    StampDisplay,
+    bare_flower_apps,
+    round_times,
+    run_variant,
+    steady,
+)
+
+MODULE = "federator.simulations.bench.hooks_overhead"
+
+
+def _plan(rounds: int, runs_dir: Path) -> FederationPlan:
+    """The utility benchmark's federation (simulations/mnist-cnn.toml), fewer rounds."""
+    raw = read_config_file(resolve_config_path("mnist-cnn"))
+    raw["federation"]["rounds"] = rounds
+    raw["tracking"] = {"runs_dir": str(runs_dir)}
+    return build_plan(raw, source="hooks-overhead benchmark")
+
+
+def _bare(plan: FederationPlan) -> dict[str, object]:
+    from flwr.simulation import run_simulation
+
+    stamps: list[float] = []
+    server, client = bare_flower_apps(plan, stamps)
+    t0 = time.monotonic()
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=plan.data.clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    return {"round_times": round_times(stamps), "total": time.monotonic() - t0}
+
+
+def _federator(plan: FederationPlan) -> dict[str, object]:
+    from federator.simulations.runner import simulate
+
+    display = StampDisplay()
+    t0 = time.monotonic()
+    simulate(plan, display=display)
+    drain = time.monotonic() - (display.finished or t0)
+    return {
+        "round_times": round_times(display.stamps),
+        "total": time.monotonic() - t0,
+        "drain": drain,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variant", choices=["bare", "federator"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    if args.variant:  # child process: one variant, result as JSON
+        with tempfile.TemporaryDirectory() as tmp:
+            plan = _plan(args.rounds, Path(tmp))
+            result = _bare(plan) if args.variant == "bare" else _federator(plan)
+        args.json.write_text(json.dumps(result))
+        return
+
+    console = Console()
+    runs: dict[str, list[dict[str, object]]] = {"bare": [], "federator": []}
+    for i in range(args.repeats):
+        for variant in ("bare", "federator"):
+            console.print(f"[dim]run {i + 1}/{args.repeats}: {variant}…[/]")
+            runs[variant].append(run_variant(MODULE, variant, "--rounds", str(args.rounds)))
+
+    def med(variant: str) -> float:
+        return statistics.median(steady(r["round_times"]) for r in runs[variant])  # type: ignore[arg-type]
+
+    bare, ours = med("bare"), med("federator")
+    table = Table(
+        title=f"Hooks overhead: mnist-cnn, 4 clients, 1 local epoch, {args.rounds} "
+        f"rounds, {args.repeats} runs each",
+        title_justify="left",
+    )
+    for col in ("variant", "median round wall time (s)", "per-run medians (s)", "ratio"):
+        table.add_column(col)
+    for variant, value in (("bare Flower 1.42", bare), ("Federator, all hooks", ours)):
+        key = "bare" if variant.startswith("bare") else "federator"
+        per_run = ", ".join(f"{steady(r['round_times']):.3f}" for r in runs[key])  # type: ignore[arg-type]
+        table.add_row(variant, f"{value:.3f}", per_run, f"{value / bare:.3f}")
+    console.print(table)
+    console.print(
+        "markdown:\n| variant | median round wall time (s) | per-run medians (s) | "
+        "ratio |\n|---|---|---|---|"
+    )
+    for variant, value in (("bare Flower 1.42", bare), ("Federator, all hooks", ours)):
+        key = "bare" if variant.startswith("bare") else "federator"
+        per_run = ", ".join(f"{steady(r['round_times']):.3f}" for r in runs[key])  # type: ignore[arg-type]
+        console.print(
+            f"| {variant} | {value:.3f} | {per_run} | {value / bare:.3f} |",
+            highlight=False,
+            soft_wrap=True,
+        )
+    drains = [float(r["drain"]) for r in runs["federator"]]  # type: ignore[arg-type]
+    console.print(
+        f"goal: ratio ≤ 1.05 → {'met' if ours / bare <= 1.05 else 'NOT met'}; "
+        f"MLflow writes left after the last round took {statistics.median(drains):.1f} s "
+        "to drain (median)"
+    )
+
+
+if __name__ == "__main__":
+    main()
