@@ -15,6 +15,7 @@ message is meant for a person::
     ├── TrackingError          MLflow cannot be reached or refused a write
     ├── UpdateRejected         a client's update failed screening (the round goes on)
     ├── FederationFailed       a federation stopped before its last round
+    │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
     ├── PrivacyBudgetExhausted a client refuses to spend more privacy budget
     └── SignatureInvalid       a release's signature or digests do not verify
 """
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FederationFailed",
+    "FederationInterrupted",
     "FederatorError",
     "PrivacyBudgetExhausted",
     "RegistryError",
@@ -72,6 +74,10 @@ class UpdateRejected(FederatorError):
 
 class FederationFailed(FederatorError):
     """A federation stopped before its last round (for instance, too few clients replied)."""
+
+
+class FederationInterrupted(FederationFailed):
+    """A federation was stopped on request; completed rounds stay recorded."""
 
 
 class PrivacyBudgetExhausted(FederatorError):

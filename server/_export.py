@@ -92,7 +92,8 @@ class ModelExporter:
             proc, self._proc = self._proc, None
         if proc is None:
             return
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.close()  # EOF: the child's loop ends
         try:
             proc.wait(timeout=30)

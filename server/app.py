@@ -3,10 +3,14 @@
 ``app`` is what ``flwr run .`` starts (the checkout's pyproject names it): it reads the
 federation config named by the run config key ``federation-config`` — a bundled example's
 name or a path — and logs progress as plain lines. ``federator simulate`` builds its own
-instance with `build_server_app`, handing it an already validated plan and a terminal display.
+instance with `build_server_app`, handing it an already validated plan, a terminal display
+and a `RunHandle` to follow (and interrupt) the run from another thread.
 """
 
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -19,28 +23,47 @@ from federator.server.runner import Display, run_federation
 CONFIG_KEY = "federation-config"
 
 
+@dataclass
+class RunHandle:
+    """Shared with the thread running the ServerApp.
+
+    Set ``cancel`` to stop the federation between polls (its MLflow run ends KILLED with
+    every completed round recorded). ``finished`` is set once the ServerApp has cleaned up;
+    then ``summary`` or ``error`` says how it ended.
+    """
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    summary: FederationSummary | None = None
+    error: BaseException | None = None
+
+
 def build_server_app(
     plan: FederationPlan | None = None,
     *,
     display: Display | None = None,
-    results: list[FederationSummary] | None = None,
+    handle: RunHandle | None = None,
 ) -> ServerApp:
-    """A ServerApp running ``plan`` (or the plan named in the run config).
-
-    Each finished federation's summary is appended to ``results`` when given.
-    """
+    """A ServerApp running ``plan`` (or the plan named in the run config)."""
     app = ServerApp()
+    run = handle or RunHandle()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        the_plan = plan or load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
-        summary = run_federation(grid, the_plan, display=display or LogProgress())
-        if results is not None:
-            results.append(summary)
+        try:
+            the_plan = plan or load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
+            run.summary = run_federation(
+                grid, the_plan, display=display or LogProgress(), cancel=run.cancel
+            )
+        except BaseException as err:
+            run.error = err
+            raise
+        finally:
+            run.finished.set()
 
     return app
 
 
 app = build_server_app()
 
-__all__ = ["CONFIG_KEY", "app", "build_server_app"]
+__all__ = ["CONFIG_KEY", "RunHandle", "app", "build_server_app"]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from federator import ConfigError, FederatorError, __version__
+from federator import ConfigError, FederationInterrupted, FederatorError, __version__
 from federator.server._overrides import Override, parse_override
 
 app = typer.Typer(
@@ -83,6 +85,13 @@ def _run(action: Callable[[], T]) -> T:
     except ConfigError as err:
         _error(str(err))
         raise typer.Exit(2) from None
+    except FederationInterrupted as err:
+        _error(f"{type(err).__name__}: {err}", *getattr(err, "__notes__", []))
+        # Flower's engine threads may still wait on Ray workers that Ctrl-C already stopped;
+        # everything of ours is recorded, so leave now instead of hanging at interpreter exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except FederatorError as err:
         _error(f"{type(err).__name__}: {err}", *getattr(err, "__notes__", []))
         raise typer.Exit(1) from None
@@ -106,6 +115,20 @@ def _quiet_libraries(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*noload.*")
+
+
+def _import_path_for(config: str) -> None:
+    """Put the config's folder on the import path (here and for simulated clients), so a task
+    or dataset module kept next to the config is found without installing it."""
+    path = Path(config)
+    if not path.is_file():
+        return  # a bundled example: nothing of the user's to import
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    current = os.environ.get("PYTHONPATH", "")
+    if folder not in current.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (folder, current) if p)
 
 
 def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
@@ -188,6 +211,7 @@ def validate(
 ) -> None:
     """Check CONFIG (with overrides) and print the resolved plan. Starts nothing."""
     overrides = _run(lambda: _overrides(rounds, clients, seed, tracking_uri, set_))
+    _import_path_for(config)
     table = _run(lambda: _plan_table(config, overrides))
     out.print(table)
     out.print("[green]valid[/]: nothing was started.")
@@ -214,8 +238,12 @@ def simulate(
         from federator.server.progress import RichProgress
         from federator.simulations.runner import simulate as run_sim
 
+        _import_path_for(config)
         plan = load_plan(config, overrides=_overrides(rounds, clients, seed, tracking_uri, set_))
         check_data(plan)
+        out.print(
+            f"[dim]starting {plan.data.clients} simulated clients on Flower's Simulation Engine…[/]"
+        )
         run_sim(plan, display=RichProgress(out), verbose=verbose)
 
     _run(go)

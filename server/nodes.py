@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federator import FederationFailed
+from federator.server._exchange import Exchange
 from federator.server.events import NodeEntry
 from federator.strategies.screening import LABEL_KEY, META_KEY
 
@@ -32,11 +33,13 @@ class NodeDirectory:
         grid: Grid,
         *,
         salt: str,
+        exchange: Exchange | None = None,
         hello_timeout: float = 120.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
         self._grid = grid
+        self._exchange = exchange or Exchange(grid, clock=clock, sleep=sleep)
         self._salt = salt.encode()
         self._hello_timeout = hello_timeout
         self._clock = clock
@@ -57,6 +60,7 @@ class NodeDirectory:
             if connected != last and on_wait is not None:
                 on_wait(connected, needed)
             last = connected
+            self._exchange.check()
             if self._clock() >= deadline:
                 raise FederationFailed(
                     f"only {connected} of the {needed} nodes needed "
@@ -78,8 +82,7 @@ class NodeDirectory:
             for node_id in unknown
         ]
         replies = {
-            r.metadata.src_node_id: r
-            for r in self._grid.send_and_receive(hello, timeout=self._hello_timeout)
+            r.metadata.src_node_id: r for r in self._exchange(hello, timeout=self._hello_timeout)
         }
         new = []
         for node_id in unknown:

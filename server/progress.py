@@ -105,6 +105,7 @@ class RichProgress:
         self.console = console or Console()
         self._progress: Progress | None = None
         self._task: int | None = None
+        self._last_pending = -1
 
     def on_waiting(self, connected: int, needed: int) -> None:
         self.console.print(f"[dim]waiting for nodes: {connected}/{needed} connected[/]")
@@ -155,7 +156,9 @@ class RichProgress:
             self._progress = None
 
     def saving(self, pending: int) -> None:
-        self.console.print(f"[dim]saving to MLflow: {pending} write(s) left[/]")
+        if pending != self._last_pending:
+            self.console.print(f"[dim]saving to MLflow: {pending} write(s) left[/]")
+            self._last_pending = pending
 
     def summary(self, s: FederationSummary) -> None:
         self.stop()

@@ -23,6 +23,7 @@ from federator import FederationFailed
 from federator.client.instructions import DataInstructions, Instructions, TrainingInstructions
 from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
+from federator.server._exchange import Exchange
 from federator.server.config import GateMetric
 from federator.server.events import (
     ClientRefusal,
@@ -108,7 +109,8 @@ class _RoundState:
 class Federation:
     """Runs a plan's rounds on a grid and reports to observers.
 
-    ``clock`` is injectable so tests can control round wall times.
+    ``exchange`` sends and collects messages (its cancel event stops the federation between
+    polls); ``clock`` is injectable so tests can control round wall times.
     """
 
     def __init__(
@@ -119,11 +121,13 @@ class Federation:
         evaluator: ServerEvaluator,
         directory: NodeDirectory,
         observers: Sequence[Observer],
+        exchange: Exchange | None = None,
         node_timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.plan = plan
         self._grid = grid
+        self._exchanger = exchange or Exchange(grid)
         self._evaluate = evaluator
         self._directory = directory
         self._observers = list(observers)
@@ -159,6 +163,7 @@ class Federation:
         self, state: _RoundState, outcomes: list[RoundOutcome], server_side: Executor
     ) -> None:
         for rnd in range(1, self.plan.rounds + 1):
+            self._exchanger.check()
             outcome = self._round(rnd, state.arrays, server_side)
             outcomes.append(outcome)
             for obs in self._observers:
@@ -209,7 +214,7 @@ class Federation:
     def _exchange(self, messages: list[Message]) -> list[Message]:
         if not messages:
             return []
-        return list(self._grid.send_and_receive(messages, timeout=self.plan.strategy.round_timeout))
+        return self._exchanger(messages, timeout=self.plan.strategy.round_timeout)
 
     def _round(self, rnd: int, arrays: ArrayRecord, server_side: Executor) -> RoundOutcome:
         t0 = self._clock()

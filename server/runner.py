@@ -6,6 +6,7 @@ Engine), ``flwr run .`` (the ServerApp inside a SuperLink) and tests.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 from flwr.serverapp import Grid
 
 from federator.server import _mlflow_io as io
+from federator.server._exchange import Exchange
 from federator.server._provenance import code_version
 from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
 from federator.server.nodes import NodeDirectory
@@ -39,12 +41,14 @@ def run_federation(
     *,
     display: Display,
     mlflow_client: Callable[[str], Any] = io.make_client,
+    cancel: threading.Event | None = None,
     node_timeout: float = 300.0,
 ) -> FederationSummary:
     """Open tracking, run every round, drain MLflow writes, show and return the summary.
 
     MLflow problems surface before round 1 (the run is opened first). Whatever happens in
-    the rounds, queued MLflow writes are finished and the run is ended (FAILED on error).
+    the rounds, queued MLflow writes are finished and the run is ended (FAILED on error,
+    KILLED when ``cancel`` was set).
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
@@ -52,12 +56,14 @@ def run_federation(
         plan, client=mlflow_client(plan.tracking.uri), code_version=code_version()
     )
     tracking.open()
+    exchange = Exchange(grid, cancel=cancel)
     federation = Federation(
         plan,
         grid=grid,
         evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}"),
+        directory=NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange),
         observers=[tracking, display],
+        exchange=exchange,
         node_timeout=node_timeout,
     )
     try:
@@ -65,7 +71,11 @@ def run_federation(
     except BaseException as err:
         display.stop()
         try:
-            tracking.finish(failed=err, on_wait=display.saving)
+            report = tracking.finish(failed=err, on_wait=display.saving)
+            err.add_note(
+                f"rounds completed before this are recorded in MLflow run "
+                f"{report.run_id} ({report.ui_command})"
+            )
         except Exception as tracking_err:  # noqa: BLE001 - the round error is the one to raise
             err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")
         raise

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from federator import TrackingError, __version__
+from federator import FederationInterrupted, TrackingError, __version__
 from federator.client.weights import save_safetensors
 from federator.server import _mlflow_io as io
 from federator.server._export import ModelExporter
@@ -154,7 +154,13 @@ class MlflowTracking:
 
         Raises `TrackingError` if any write failed, listing what was not recorded.
         """
-        status = "FINISHED" if failed is None else "FAILED"
+        status = (
+            "FINISHED"
+            if failed is None
+            else "KILLED"
+            if isinstance(failed, FederationInterrupted)
+            else "FAILED"
+        )
         if self._outcomes:
             self._submit("plots", self._log_plots)
         self._submit("round summary", self._log_summary)

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from federator import FederationFailed
+from federator import FederationFailed, FederationInterrupted, FederatorError
 
 if TYPE_CHECKING:  # the server imports this package; import it back only for types
     from federator.server.events import FederationSummary
@@ -28,6 +28,9 @@ class SimulationResources:
 
     total_cpus: int = max(os.cpu_count() or 1, 1)
     cpus_per_client: float = 1.0
+
+
+FINISH_TIMEOUT = 300.0  # seconds the ServerApp may take to drain MLflow after Ctrl-C
 
 
 def _quiet_environment() -> None:
@@ -74,11 +77,11 @@ def simulate(
         _quiet_warnings()  # after Flower's import, which turns DeprecationWarnings back on
 
     from federator.client.app import app as client_app
-    from federator.server.app import build_server_app
+    from federator.server.app import RunHandle, build_server_app
 
     res = resources or SimulationResources()
-    results: list[FederationSummary] = []
-    server_app = build_server_app(plan, display=display, results=results)
+    handle = RunHandle()
+    server_app = build_server_app(plan, display=display, handle=handle)
     backend_config = {
         "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": 0.0},
         "init_args": {
@@ -105,11 +108,21 @@ def simulate(
                 backend_config=backend_config,  # type: ignore[arg-type]
                 verbose_logging=verbose,
             )
+    except KeyboardInterrupt:
+        # Ctrl-C lands in this (the engine's) thread. Tell the ServerApp thread to stop and
+        # give it time to record the interruption and finish its MLflow writes.
+        handle.cancel.set()
+        handle.finished.wait(timeout=FINISH_TIMEOUT)
+        if isinstance(handle.error, FederatorError):
+            raise handle.error from None
+        raise FederationInterrupted("the federation was interrupted") from None
     finally:
         flwr_logger.setLevel(level)
         flwr_logger.removeFilter(notice_filter)
-    if not results:
+    if handle.summary is None:
+        if isinstance(handle.error, FederatorError):
+            raise handle.error
         raise FederationFailed(
             "the simulation ended without finishing the federation (see the log above)"
         )
-    return results[0]
+    return handle.summary

@@ -46,6 +46,7 @@ class FakeGrid(Grid):
     def __init__(self, handlers: dict[int, Handler]) -> None:
         self.handlers = handlers
         self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
         raise NotImplementedError
@@ -68,10 +69,20 @@ class FakeGrid(Grid):
         return list(self.handlers)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
+        """Deliver each message at once; keep the reply until it is pulled."""
+        ids = []
+        for msg in messages:
+            _stamp(msg)
+            self.sent.append(msg)
+            ids.append(msg.metadata.message_id)
+            reply = self.handlers[msg.metadata.dst_node_id](msg)
+            if reply is not None:
+                reply.metadata.__dict__["_reply_to_message_id"] = msg.metadata.message_id
+                self._replies[msg.metadata.message_id] = _stamp(reply)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -118,3 +129,16 @@ def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
 
     rng = random.Random(id_seed)
     return {(node_id := rng.getrandbits(63)): make(pid, node_id) for pid in range(partitions)}
+
+
+class VirtualClock:
+    """A clock that only moves when something sleeps: timeouts pass instantly in tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

@@ -69,7 +69,7 @@ def bare_flower_apps(plan: FederationPlan, stamps: list[float]) -> tuple[ServerA
         torch.set_num_threads(1)
         data = client_data(spec, int(context.node_config["partition-id"]))
         model = task.build_model()
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
         metrics = task.train(model, data.train, settings)
         return Message(
             RecordDict(
@@ -86,7 +86,7 @@ def bare_flower_apps(plan: FederationPlan, stamps: list[float]) -> tuple[ServerA
         torch.set_num_threads(1)
         data = client_data(spec, int(context.node_config["partition-id"]))
         model = task.build_model()
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
         result = task.evaluate(model, data.val)
         return Message(
             RecordDict(

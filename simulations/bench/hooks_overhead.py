@@ -105,9 +105,12 @@ def main() -> None:
         return statistics.median(steady(r["round_times"]) for r in runs[variant])  # type: ignore[arg-type]
 
     bare, ours = med("bare"), med("federator")
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = _plan(args.rounds, Path(tmp))
+    d = plan.data
     table = Table(
-        title=f"Hooks overhead: mnist-cnn, 4 clients, 1 local epoch, {args.rounds} "
-        f"rounds, {args.repeats} runs each",
+        title=f"Hooks overhead: {plan.task_ref}, {d.clients} clients ({d.partitioner.value}), "
+        f"{plan.training.epochs} local epoch(s), {args.rounds} rounds, {args.repeats} runs each",
         title_justify="left",
     )
     for col in ("variant", "median round wall time (s)", "per-run medians (s)", "ratio"):

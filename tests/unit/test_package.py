@@ -13,6 +13,7 @@ PUBLIC = {
         "ConfigError",
         "DataError",
         "FederationFailed",
+        "FederationInterrupted",
         "FederatorError",
         "PrivacyBudgetExhausted",
         "RegistryError",

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import FakeGrid, client_handlers, server_identity
+from fakes import FakeGrid, VirtualClock, client_handlers, server_identity
 from flwr.app import Array, Message
 
 from federator import FederationFailed
+from federator.server._exchange import Exchange
 from federator.server.events import FederationStarted, RoundOutcome, RoundStatus
 from federator.server.nodes import NodeDirectory
 from federator.server.plan import FederationPlan, build_plan
@@ -51,12 +52,15 @@ def make_plan(raw: dict[str, Any], **changes: Any) -> FederationPlan:
 
 def federate(plan: FederationPlan, grid: FakeGrid, **kw: Any) -> tuple[Federation, Recorder]:
     rec = Recorder()
+    clock = VirtualClock()  # a silent node's timeout passes instantly
+    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
     fed = Federation(
         plan,
         grid=grid,
         evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=NodeDirectory(grid, salt="t"),
+        directory=NodeDirectory(grid, salt="t", exchange=exchange),
         observers=[rec],
+        exchange=exchange,
         **kw,
     )
     fed.run()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fakes import FakeGrid, client_handlers, server_identity
 
-from federator import FederationFailed, TrackingError
+from federator import FederationFailed, FederationInterrupted, TrackingError
 from federator.client.weights import load_safetensors
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
@@ -143,7 +143,7 @@ def test_unreachable_tracking_server_starts_nothing(raw_config: dict[str, Any]) 
 
 def test_failed_federation_still_records_its_rounds(raw_config: dict[str, Any]) -> None:
     raw = copy.deepcopy(raw_config)
-    raw["strategy"] = {"min_replies": 4}
+    raw["strategy"] = {"min_replies": 4, "round_timeout": 0.3}
     raw["federation"]["rounds"] = 4
     plan = build_plan(raw, source="test")
     handlers = client_handlers(4)
@@ -174,3 +174,27 @@ def test_mlflow_write_failure_stops_the_federation(
     monkeypatch.setattr(MlflowClient, "log_artifacts", broken)
     with pytest.raises(TrackingError, match="artifact store is read-only"):
         run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None))
+
+
+def test_interrupted_federation_keeps_completed_rounds(raw_config: dict[str, Any]) -> None:
+    import threading
+
+    plan = _plan(raw_config)
+    cancel = threading.Event()
+
+    class InterruptAfterFirstRound(LogProgress):
+        def on_round(self, outcome: Any) -> None:
+            cancel.set()  # as Ctrl-C in `federator simulate` does
+
+    with pytest.raises(FederationInterrupted):
+        run_federation(
+            FakeGrid(client_handlers(4)),
+            plan,
+            display=InterruptAfterFirstRound(lambda _: None),
+            cancel=cancel,
+        )
+    client = _client(plan)
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert run.info.status == "KILLED"
+    versions = client.search_model_versions("name = 'unit'")
+    assert [v.tags["federator.round"] for v in versions] == ["1"]

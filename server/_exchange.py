@@ -1,0 +1,59 @@
+"""Send messages to nodes and collect their replies, stoppable from another thread.
+
+Flower's ``Grid.send_and_receive`` blocks until every reply arrives or the timeout (minutes)
+passes, with its own poll interval. Federator pushes and pulls itself so that a federation can
+be interrupted between polls (Ctrl-C in ``federator simulate``) and the poll interval is its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from federator import FederationInterrupted
+
+
+class Exchange:
+    """``exchange(messages, timeout=...)`` → the replies that arrived in time."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        cancel: threading.Event | None = None,
+        poll: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._grid = grid
+        self._cancel = cancel or threading.Event()
+        self._poll = poll
+        self._clock = clock
+        self._sleep = sleep
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise `FederationInterrupted` if someone asked the federation to stop."""
+        if self._cancel.is_set():
+            raise FederationInterrupted("the federation was interrupted")
+
+    def __call__(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+        pending = set(self._grid.push_messages(list(messages)))
+        replies: list[Message] = []
+        deadline = self._clock() + timeout
+        while pending:
+            self.check()
+            arrived = list(self._grid.pull_messages(pending))
+            replies += arrived
+            pending -= {m.metadata.reply_to_message_id for m in arrived}
+            if not pending or self._clock() >= deadline:
+                break
+            self._sleep(self._poll)
+        return replies
