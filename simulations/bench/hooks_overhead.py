@@ -10,7 +10,7 @@ a fresh process, alternating (bare, federator, bare, federator, ...) so drift hi
 Reported: the median round wall time without round 1 (Ray start-up), and the ratio.
 Goal: ratio ≤ 1.05.
 
-    python -m federator.simulations.bench.hooks_overhead [--rounds 8] [--repeats 2]
+    python -m federator.simulations.bench.hooks_overhead [--rounds 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def _federator(plan: FederationPlan) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", choices=["bare", "federator"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
