@@ -17,7 +17,8 @@ message is meant for a person::
     ├── FederationFailed       a federation stopped before its last round
     │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
     ├── PrivacyBudgetExhausted a client refuses to spend more privacy budget
-    └── SignatureInvalid       a release's signature or digests do not verify
+    └── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
+        └── SignatureInvalid   ... because its signature or digests do not verify
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "FederatorError",
     "PrivacyBudgetExhausted",
     "RegistryError",
+    "ReleaseRefused",
     "SignatureInvalid",
     "TaskError",
     "TrackingError",
@@ -84,5 +86,9 @@ class PrivacyBudgetExhausted(FederatorError):
     """A client's next round would exceed the privacy budget its own policy allows."""
 
 
-class SignatureInvalid(FederatorError):
-    """A release's signature, digests or version do not verify; nothing is installed."""
+class ReleaseRefused(FederatorError):
+    """A node refuses a release (another model, an older version); nothing is installed."""
+
+
+class SignatureInvalid(ReleaseRefused):
+    """A release's signature or file digests do not verify; nothing is installed."""

@@ -18,12 +18,14 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federator import FederatorError, __version__
+from federator import FederatorError, ReleaseRefused, __version__
 from federator.client.instructions import Instructions, read_instructions
+from federator.client.node import installed_version, node_settings, open_store
+from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
 from federator.simulations.partition import ClientData, client_data
-from federator.strategies.screening import LABEL_KEY, META_KEY, NUM_EXAMPLES
+from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY, NUM_EXAMPLES
 
 # Error code for refusals Federator makes on purpose (Flower's own codes are 0–8).
 REFUSED = 100
@@ -43,7 +45,14 @@ def node_label(context: Context) -> str:
 
 
 def _meta(context: Context) -> ConfigRecord:
-    return ConfigRecord({LABEL_KEY: node_label(context), "federator-version": __version__})
+    label = node_label(context)
+    return ConfigRecord(
+        {
+            LABEL_KEY: label,
+            "federator-version": __version__,
+            INSTALLED_KEY: installed_version(node_settings(context, label)),
+        }
+    )
 
 
 def _local_data(instr: Instructions, context: Context) -> ClientData:
@@ -143,15 +152,56 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({META_KEY: _meta(context)}), reply_to=msg)
 
 
+def release(msg: Message, context: Context) -> Message:
+    """Verify and install a signed release in this node's store; reply with the outcome.
+
+    A refusal (bad signature, altered file, replay, another model) is an ordinary reply with
+    status ``refused`` and the reason, so the coordinator can record it per node.
+    """
+    label = node_label(context)
+    settings = node_settings(context, label)
+    record = msg.content.config_records.get(RELEASE_KEY, ConfigRecord())
+    envelope = record.get("envelope")
+    files = {
+        k.removeprefix(FILE_PREFIX): v
+        for k, v in record.items()
+        if k.startswith(FILE_PREFIX) and isinstance(v, bytes)
+    }
+    try:
+        if not isinstance(envelope, str):
+            raise ReleaseRefused("the release message carries no envelope (unsigned)")
+        version = open_store(settings).install(envelope, files)
+        status, reason = "installed", ""
+    except ReleaseRefused as err:
+        version, status, reason = 0, "refused", f"{type(err).__name__}: {err}"
+    content = RecordDict(
+        {
+            RELEASE_KEY: ConfigRecord({"status": status, "version": version, "reason": reason}),
+            META_KEY: _meta(context),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def build_client_app() -> ClientApp:
     """A ClientApp wired to the handlers above."""
     app = ClientApp()
     app.train()(_refusing(train))
     app.evaluate()(_refusing(evaluate))
     app.query()(_refusing(hello))
+    app.query(RELEASE_ACTION)(_refusing(release))
     return app
 
 
 app = build_client_app()
 
-__all__ = ["REFUSED", "app", "build_client_app", "evaluate", "hello", "node_label", "train"]
+__all__ = [
+    "REFUSED",
+    "app",
+    "build_client_app",
+    "evaluate",
+    "hello",
+    "node_label",
+    "release",
+    "train",
+]

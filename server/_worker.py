@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,13 @@ class OrderedWorker:
                 return None
             label, err = self._failure
             return JobFailure(label, err, tuple(self._skipped))
+
+    def wait_idle(self, *, on_wait: Callable[[int], None] | None = None, poll: float = 0.5) -> None:
+        """Block until every job submitted so far has run (the worker stays open)."""
+        while self.pending:
+            if on_wait is not None:
+                on_wait(self.pending)
+            time.sleep(poll)
 
     def close(
         self, *, on_wait: Callable[[int], None] | None = None, poll: float = 0.5

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from federator import ConfigError, FederationInterrupted, FederatorError, __version__
+from federator.client.cli import keys_app, node_app
 from federator.server._overrides import Override, parse_override
 
 app = typer.Typer(
@@ -36,6 +37,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Inspect registered model versions.")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(node_app, name="node")
 
 out = Console()
 err_console = Console(stderr=True)
@@ -78,7 +81,7 @@ def _overrides(
     return out_
 
 
-def _run(action: Callable[[], T]) -> T:
+def run_action(action: Callable[[], T]) -> T:
     """Run ``action``; turn Federator's errors into a message and an exit code."""
     try:
         return action()
@@ -210,9 +213,9 @@ def validate(
     set_: SetOpt = None,
 ) -> None:
     """Check CONFIG (with overrides) and print the resolved plan. Starts nothing."""
-    overrides = _run(lambda: _overrides(rounds, clients, seed, tracking_uri, set_))
+    overrides = run_action(lambda: _overrides(rounds, clients, seed, tracking_uri, set_))
     _import_path_for(config)
-    table = _run(lambda: _plan_table(config, overrides))
+    table = run_action(lambda: _plan_table(config, overrides))
     out.print(table)
     out.print("[green]valid[/]: nothing was started.")
 
@@ -246,7 +249,7 @@ def simulate(
         )
         run_sim(plan, display=RichProgress(out), verbose=verbose)
 
-    _run(go)
+    run_action(go)
 
 
 @models_app.command("list")
@@ -292,7 +295,7 @@ def models_list(
         if not rows:
             out.print("no versions yet")
 
-    _run(go)
+    run_action(go)
 
 
 @app.command()

@@ -106,6 +106,20 @@ class GateSection(_Section):
     max_client_spread: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class ReleaseSection(_Section):
+    """Signed releases to the nodes. Without ``signing_key`` nothing is released.
+
+    ``public_key``: what simulated nodes pin (default: ``release.pub`` next to the signing key).
+    ``passphrase_env``: the environment variable holding the signing key's passphrase.
+    ``keep``: how many versions each simulated node keeps.
+    """
+
+    signing_key: str | None = None
+    passphrase_env: str | None = None
+    public_key: str | None = None
+    keep: Annotated[int, Field(ge=1, le=100)] = 3
+
+
 class FederationConfig(_Section):
     """A whole ``federation.toml``."""
 
@@ -116,3 +130,4 @@ class FederationConfig(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     gate: GateSection = Field(default_factory=GateSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)

@@ -26,6 +26,7 @@ class NodeEntry:
     label: str
     pseudonym: str
     version: str
+    installed: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

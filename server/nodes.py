@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from federator import FederationFailed
 from federator.server._exchange import Exchange
 from federator.server.events import NodeEntry
-from federator.strategies.screening import LABEL_KEY, META_KEY
+from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -86,15 +86,21 @@ class NodeDirectory:
         }
         new = []
         for node_id in unknown:
-            label, version = f"node-{node_id}", "unknown"
+            label, version, installed = f"node-{node_id}", "unknown", 0
             reply = replies.get(node_id)
             if reply is not None and reply.has_content():
                 meta = reply.content.config_records.get(META_KEY)
                 if meta is not None:
                     label = str(meta.get(LABEL_KEY, label))
                     version = str(meta.get("federator-version", version))
+                    raw = meta.get(INSTALLED_KEY, 0)
+                    installed = raw if isinstance(raw, int) else 0
             entry = NodeEntry(
-                node_id=node_id, label=label, pseudonym=self.pseudonym(label), version=version
+                node_id=node_id,
+                label=label,
+                pseudonym=self.pseudonym(label),
+                version=version,
+                installed=installed,
             )
             self._entries[node_id] = entry
             new.append(entry)
@@ -108,6 +114,10 @@ class NodeDirectory:
                 node_id=node_id, label=label, pseudonym=self.pseudonym(label), version="unknown"
             )
         return self._entries[node_id]
+
+    def installed(self, node_id: int) -> int:
+        """The model version the node reported as installed when it introduced itself."""
+        return self.entry(node_id).installed
 
     def order_key(self, node_id: int) -> str:
         """Stable sort key for sampling: the node's label."""

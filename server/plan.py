@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from federator import ConfigError, FederatorError
 from federator.client.tasks import Optimizer, Task, TrainSettings, resolve_task
 from federator.server._overrides import Override, apply_overrides
+from federator.server._release_plan import ReleasePlan, release_plan
 from federator.server.config import FederationConfig, GateMetric
 from federator.server.gate import GatePolicy
 from federator.simulations.partition import Partitioner, SimulationData
@@ -79,6 +80,7 @@ class TrackingPlan:
     artifact_location: str | None
     experiment: str
     registered_model: str
+    runs_dir: Path
 
     @property
     def is_local(self) -> bool:
@@ -98,6 +100,7 @@ class FederationPlan:
     training: TrainSettings
     tracking: TrackingPlan
     gate: GatePolicy
+    release: ReleasePlan | None
     source: str
     resolved: Mapping[str, Any] = field(repr=False)
     config_hash: str
@@ -280,12 +283,13 @@ def _tracking(cfg: FederationConfig) -> TrackingPlan:
         artifact_location=str(runs_dir / "artifacts") if local else None,
         experiment=tr.experiment or name,
         registered_model=tr.registered_model or name,
+        runs_dir=runs_dir,
     )
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """sha256 of everything that shapes results (all sections but ``tracking``)."""
-    shaping = {k: v for k, v in resolved.items() if k != "tracking"}
+    """sha256 of everything that shapes results (all but ``tracking`` and ``release``)."""
+    shaping = {k: v for k, v in resolved.items() if k not in ("tracking", "release")}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
@@ -320,6 +324,10 @@ def build_plan(
     problems += _cross_checks(cfg, spec, params, task)
     try:
         tracking = _tracking(cfg)
+    except ConfigError as err:
+        problems.append(str(err))
+    try:
+        release = release_plan(cfg.release)
     except ConfigError as err:
         problems.append(str(err))
     if problems or spec is None or params is None or task is None:
@@ -377,6 +385,7 @@ def build_plan(
             max_regression=cfg.gate.max_regression,
             max_client_spread=cfg.gate.max_client_spread,
         ),
+        release=release,
         source=source,
         resolved=resolved,
         config_hash=config_hash(resolved),

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from federator.server.events import FederationStarted, FederationSummary, RoundOutcome, RoundStatus
+from federator.server.releases import DeliveryReport
 
 
 def _client_range(o: RoundOutcome) -> str:
@@ -64,6 +65,17 @@ def _round_cells(o: RoundOutcome) -> list[str]:
 
 def _line(cells: list[str]) -> str:
     return "  ".join(c.ljust(w) if w else c for c, (_, w) in zip(cells, _COLUMNS, strict=True))
+
+
+def release_line(report: DeliveryReport) -> str:
+    """One line on where a signed release went."""
+    n = len(report.deliveries)
+    return (
+        f"release: version {report.version} (round {report.round}) installed on "
+        f"{report.count('installed')}/{n} node(s)"
+        + (f", refused by {report.count('refused')}" if report.count("refused") else "")
+        + (f", {report.count('unreachable')} unreachable" if report.count("unreachable") else "")
+    )
 
 
 def summary_table(s: FederationSummary) -> Table:
@@ -160,6 +172,15 @@ class RichProgress:
             self.console.print(f"[dim]saving to MLflow: {pending} write(s) left[/]")
             self._last_pending = pending
 
+    def on_release(self, report: DeliveryReport) -> None:
+        self.console.print(Text(release_line(report), style="cyan"))
+        for d in report.deliveries:
+            if d.status != "installed":
+                self.console.print(
+                    Text(f"       {d.status} ", style="yellow")
+                    + Text(f"by {d.pseudonym}: {d.reason}")
+                )
+
     def summary(self, s: FederationSummary) -> None:
         self.stop()
         self.console.print(summary_table(s))
@@ -201,6 +222,12 @@ class LogProgress:
 
     def saving(self, pending: int) -> None:
         self._log(f"saving to MLflow: {pending} write(s) left")
+
+    def on_release(self, report: DeliveryReport) -> None:
+        self._log(release_line(report))
+        for d in report.deliveries:
+            if d.status != "installed":
+                self._log(f"  {d.status} by {d.pseudonym}: {d.reason}")
 
     def summary(self, s: FederationSummary) -> None:
         console = Console(file=io.StringIO(), force_terminal=False, width=120)

@@ -16,9 +16,15 @@ from flwr.serverapp import Grid
 from federator.server import _mlflow_io as io
 from federator.server._exchange import Exchange
 from federator.server._provenance import code_version
-from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
+from federator.server.events import (
+    FederationStarted,
+    FederationSummary,
+    Observer,
+    RoundOutcome,
+)
 from federator.server.nodes import NodeDirectory
 from federator.server.plan import FederationPlan
+from federator.server.releases import DeliveryReport, ReleaseChannel, ReleaseSigner
 from federator.server.rounds import Federation, ServerEvaluator
 from federator.server.tracking import MlflowTracking
 from federator.simulations.partition import server_holdout
@@ -32,6 +38,7 @@ class Display(Protocol):
     def on_round(self, outcome: RoundOutcome) -> None: ...
     def stop(self) -> None: ...
     def saving(self, pending: int) -> None: ...
+    def on_release(self, report: DeliveryReport) -> None: ...
     def summary(self, s: FederationSummary) -> None: ...
 
 
@@ -52,17 +59,38 @@ def run_federation(
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
+    signer = ReleaseSigner(plan.release.load_signing_key()) if plan.release else None
     tracking = MlflowTracking(
-        plan, client=mlflow_client(plan.tracking.uri), code_version=code_version()
+        plan,
+        client=mlflow_client(plan.tracking.uri),
+        code_version=code_version(),
+        signer=signer,
     )
     tracking.open()
     exchange = Exchange(grid, cancel=cancel)
+    directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
+    observers: list[Observer] = [tracking, display]
+    channel = None
+    if signer is not None:
+
+        def on_delivery(deliveries: DeliveryReport) -> None:
+            tracking.on_release(deliveries)
+            display.on_release(deliveries)
+
+        channel = ReleaseChannel(
+            grid_nodes=lambda: list(grid.get_node_ids()),
+            exchange=exchange,
+            directory=directory,
+            source=tracking.take_releases,
+            report=on_delivery,
+        )
+        observers.append(channel)
     federation = Federation(
         plan,
         grid=grid,
         evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange),
-        observers=[tracking, display],
+        directory=directory,
+        observers=observers,
         exchange=exchange,
         node_timeout=node_timeout,
     )
@@ -80,6 +108,10 @@ def run_federation(
             err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")
         raise
     display.stop()
+    if channel is not None:
+        # The last champion may have been signed after the last round: send it now.
+        tracking.drain(on_wait=display.saving)
+        channel.run()
     report = tracking.finish(on_wait=display.saving)
     champion = federation.gate.champion
     summary = FederationSummary(

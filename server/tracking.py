@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from federator.server._worker import OrderedWorker
 from federator.server.events import FederationStarted, RoundOutcome, RoundStatus
 from federator.server.plan import FederationPlan
 from federator.server.plots import plot_clients, plot_rounds
+from federator.server.releases import DeliveryReport, ReleaseSigner, SignedRelease
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -91,6 +93,7 @@ class MlflowTracking:
         *,
         client: Any,
         code_version: str,
+        signer: ReleaseSigner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.plan = plan
@@ -103,6 +106,10 @@ class MlflowTracking:
         self._lineage = _Lineage()
         self._outcomes: list[RoundOutcome] = []
         self._exporter = ModelExporter()
+        self._signer = signer
+        self._release_lock = threading.Lock()
+        self._signed: list[SignedRelease] = []
+        self._deliveries: list[DeliveryReport] = []
         self.run_id = ""
         self.experiment_id = ""
         self._artifact_uri = ""
@@ -312,9 +319,82 @@ class MlflowTracking:
             self._client.set_registered_model_alias(
                 plan.tracking.registered_model, CHAMPION, version
             )
+            if self._signer is not None:
+                self._release(
+                    outcome,
+                    version=int(version),
+                    previous=lin.champion,
+                    folder=out,
+                    artifact_path=artifact_path,
+                )
             lin.champion = version
         lin.versions[outcome.round] = version
         lin.parent_version = version
+
+    def _release(
+        self,
+        outcome: RoundOutcome,
+        *,
+        version: int,
+        previous: str | None,
+        folder: Path,
+        artifact_path: str,
+    ) -> None:
+        """Sign the new champion, keep statement and envelope on its version, queue it."""
+        assert self._signer is not None
+        assert outcome.server_eval is not None
+        assert outcome.decision is not None
+        plan = self.plan
+        release = self._signer.sign(
+            model=plan.tracking.registered_model,
+            version=version,
+            previous_version=int(previous) if previous else None,
+            round=outcome.round,
+            federation=plan.name,
+            run_id=self.run_id,
+            task=plan.task_ref,
+            reasons=outcome.decision.reasons,
+            metrics={"accuracy": outcome.server_eval.accuracy, "loss": outcome.server_eval.loss},
+            folder=folder,
+        )
+        signed = self._staging_dir() / f"release-{version}"
+        signed.mkdir()
+        (signed / "statement.json").write_bytes(release.statement)
+        (signed / "envelope.json").write_text(release.envelope)
+        self._client.log_artifacts(
+            self.run_id, str(signed), artifact_path=f"{artifact_path}/release"
+        )
+        self._client.set_model_version_tag(
+            plan.tracking.registered_model,
+            str(version),
+            "federator.release.key_id",
+            self._signer.key_id,
+        )
+        with self._release_lock:
+            self._signed.append(release)
+
+    def take_releases(self) -> list[SignedRelease]:
+        """Releases signed since the last call (called from the round loop's thread)."""
+        with self._release_lock:
+            out, self._signed = self._signed, []
+        return out
+
+    def on_release(self, report: DeliveryReport) -> None:
+        """Record where a release was installed or refused."""
+        self._deliveries.append(report)
+        step = self._outcomes[-1].round if self._outcomes else 0
+        metrics: dict[str, float] = {
+            f"release/{s}": report.count(s) for s in ("installed", "refused", "unreachable")
+        }
+        metrics["release/version"] = report.version
+        self._submit(
+            f"release {report.version} deliveries", lambda: self._log_metrics(metrics, step=step)
+        )
+
+    def drain(self, *, on_wait: Callable[[int], None] | None = None) -> None:
+        """Wait until every queued write is done (the run stays open)."""
+        self._opened_worker().wait_idle(on_wait=on_wait)
+        self._raise_if_failed()
 
     def _log_plots(self) -> None:
         folder = self._staging_dir() / "plots"
@@ -351,5 +431,20 @@ class MlflowTracking:
             for o in self._outcomes
         ]
         self._client.log_dict(self.run_id, {"rounds": rounds}, "federation/rounds.json")
+        if self._deliveries:
+            deliveries = [
+                {
+                    "version": r.version,
+                    "round": r.round,
+                    "nodes": [
+                        {"client": d.pseudonym, "status": d.status, "reason": d.reason}
+                        for d in r.deliveries
+                    ],
+                }
+                for r in self._deliveries
+            ]
+            self._client.log_dict(
+                self.run_id, {"deliveries": deliveries}, "releases/deliveries.json"
+            )
         if self._lineage.champion is not None:
             self._client.set_tag(self.run_id, "federator.champion_version", self._lineage.champion)

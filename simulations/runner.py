@@ -54,6 +54,22 @@ def _quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def node_environment(plan: FederationPlan) -> dict[str, str]:
+    """The settings simulated partner nodes read (`federator.client.node`): each keeps its
+    own store under ``<runs_dir>/nodes/<federation>/<label>`` and pins the release public key
+    from the plan, exactly as a real partner pins the key it was given out of band."""
+    from federator.client.node import ENV_KEEP, ENV_MODEL, ENV_PINNED_KEY, ENV_STORE_ROOT
+
+    if plan.release is None:
+        return {}
+    return {
+        ENV_STORE_ROOT: str(plan.tracking.runs_dir / "nodes" / plan.name),
+        ENV_PINNED_KEY: str(plan.release.public_key),
+        ENV_MODEL: plan.tracking.registered_model,
+        ENV_KEEP: str(plan.release.keep),
+    }
+
+
 def simulate(
     plan: FederationPlan,
     *,
@@ -67,6 +83,7 @@ def simulate(
     propagate unchanged.
     """
     _quiet_environment()
+    os.environ.update(node_environment(plan))  # before Ray starts: its workers inherit it
     from federator.server._mlflow_io import preflight
 
     # Before Ray starts: an unreachable tracking store must start nothing at all.

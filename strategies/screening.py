@@ -21,6 +21,7 @@ from federator import UpdateRejected
 NUM_EXAMPLES = "num-examples"
 META_KEY = "federator"
 LABEL_KEY = "label"
+INSTALLED_KEY = "installed-version"
 
 
 @dataclass(frozen=True)

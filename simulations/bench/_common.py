@@ -143,6 +143,9 @@ class StampDisplay:
     def saving(self, pending: int) -> None:
         """Nothing to show."""
 
+    def on_release(self, report: object) -> None:
+        """Nothing to show."""
+
     def summary(self, s: FederationSummary) -> None:
         """Nothing to show."""
 

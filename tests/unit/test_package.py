@@ -17,6 +17,7 @@ PUBLIC = {
         "FederatorError",
         "PrivacyBudgetExhausted",
         "RegistryError",
+        "ReleaseRefused",
         "SignatureInvalid",
         "TaskError",
         "TrackingError",

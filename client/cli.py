@@ -1,0 +1,140 @@
+"""Partner-side commands: ``federator keys …`` and ``federator node …``.
+
+federator keys generate --out DIR            an Ed25519 release key pair
+federator node models --store DIR            installed versions (verified)
+federator node rollback --store DIR [--to V] switch `current` back
+federator node predict --store DIR --input F predictions of the installed model
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import numpy.typing as npt
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federator import DataError
+from federator.client.keys import generate_keys
+from federator.client.store import ModelStore
+
+keys_app = typer.Typer(no_args_is_help=True, help="Release signing keys.")
+node_app = typer.Typer(no_args_is_help=True, help="A partner node's installed models.")
+out = Console()
+
+StoreOpt = Annotated[Path, typer.Option("--store", help="The node's model store folder.")]
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for release.key/.pub.")],
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(
+            "--passphrase-env",
+            help="Encrypt the private key with the passphrase in this environment variable.",
+        ),
+    ] = None,
+) -> None:
+    """Create the federation's Ed25519 release key pair (private key 0600)."""
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        passphrase = None
+        if passphrase_env is not None:
+            value = os.environ.get(passphrase_env)
+            if not value:
+                raise DataError(f"--passphrase-env: {passphrase_env} is not set")
+            passphrase = value.encode()
+        paths = generate_keys(out_dir, passphrase=passphrase)
+        out.print(f"private key: {paths.private} (keep it secret; mode 600)")
+        out.print(f"public key:  {paths.public} (give it to every partner to pin)")
+        out.print(f"key id:      {paths.key_id}")
+
+    run_action(go)
+
+
+@node_app.command("models")
+def node_models(store: StoreOpt) -> None:
+    """List the versions kept in the store, each re-verified against its signature."""
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        s = ModelStore.reopen(store)
+        table = Table(title=f"{s.model} @ {store}", title_justify="left")
+        for col in ("version", "round", "federation", "released", "current"):
+            table.add_column(col)
+        for v in s.versions():
+            table.add_row(
+                str(v.version), str(v.round), v.federation, v.created_at, "●" if v.current else ""
+            )
+        out.print(table)
+
+    run_action(go)
+
+
+@node_app.command("rollback")
+def node_rollback(
+    store: StoreOpt,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to use (default: the newest older one).")
+    ] = None,
+) -> None:
+    """Point `current` at an older kept version (verified first)."""
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        s = ModelStore.reopen(store)
+        before = s.current_version()
+        after = s.rollback(to)
+        out.print(f"{s.model}: current version {before} → {after}")
+
+    run_action(go)
+
+
+def _read_input(path: Path) -> npt.NDArray[np.float32]:
+    if path.suffix == ".npy":
+        try:
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a numeric .npy file ({err})") from None
+    try:
+        return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a numeric CSV file ({err})") from None
+
+
+@node_app.command("predict")
+def node_predict(
+    store: StoreOpt,
+    input_file: Annotated[Path, typer.Option("--input", help=".npy array or CSV rows of features")],
+) -> None:
+    """Predict with the installed (current) model; prints `row,prediction` lines."""
+    import torch
+
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        s = ModelStore.reopen(store)
+        task = s.task()
+        x = _read_input(input_file)
+        shape = tuple(task.input_shape)
+        if x.ndim == 1 or tuple(x.shape[1:]) != shape:
+            try:
+                x = x.reshape((-1, *shape))
+            except ValueError:
+                raise DataError(
+                    f"{input_file}: rows of shape {x.shape[1:]} do not fit the "
+                    f"model's input {shape}"
+                ) from None
+        with torch.no_grad():
+            predictions = s.load_model(task)(torch.from_numpy(x)).argmax(1).tolist()
+        out.print("row,prediction")
+        for i, p in enumerate(predictions):
+            out.print(f"{i},{p}", highlight=False)
+
+    run_action(go)
