@@ -43,8 +43,10 @@ def build_server_app(
     *,
     display: Display | None = None,
     handle: RunHandle | None = None,
+    resume: str | None = None,
 ) -> ServerApp:
-    """A ServerApp running ``plan`` (or the plan named in the run config)."""
+    """A ServerApp running ``plan`` (or the plan named in the run config); ``resume`` names
+    an MLflow run to continue after its last checkpoint."""
     app = ServerApp()
     run = handle or RunHandle()
 
@@ -53,7 +55,7 @@ def build_server_app(
         try:
             the_plan = plan or load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
             run.summary = run_federation(
-                grid, the_plan, display=display or LogProgress(), cancel=run.cancel
+                grid, the_plan, display=display or LogProgress(), cancel=run.cancel, resume=resume
             )
         except BaseException as err:
             run.error = err

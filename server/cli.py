@@ -231,6 +231,12 @@ def simulate(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")
     ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume", help="Continue this MLflow run after its last checkpoint (same config)."
+        ),
+    ] = None,
 ) -> None:
     """Run CONFIG as a local federation on Flower's Simulation Engine."""
     _quiet_libraries(verbose)
@@ -247,7 +253,7 @@ def simulate(
         out.print(
             f"[dim]starting {plan.data.clients} simulated clients on Flower's Simulation Engine…[/]"
         )
-        run_sim(plan, display=RichProgress(out), verbose=verbose)
+        run_sim(plan, display=RichProgress(out), resume=resume, verbose=verbose)
 
     run_action(go)
 

@@ -14,6 +14,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord
 
 from federator.client.tasks import Evaluation
+from federator.server.checkpoint import Checkpoint
 from federator.server.gate import Decision
 from federator.server.plan import FederationPlan
 
@@ -75,6 +76,7 @@ class RoundOutcome:
     decision: Decision | None
     wall_time: float
     skip_reason: str | None = None
+    checkpoint: Checkpoint | None = field(default=None, repr=False)
 
     @property
     def participants(self) -> int:
@@ -88,6 +90,7 @@ class FederationStarted:
     plan: FederationPlan
     nodes: Sequence[NodeEntry]
     initial_eval: Evaluation
+    resumed_after: int = 0
     example_input: object = field(repr=False)
 
 

@@ -24,6 +24,7 @@ from federator.client.instructions import DataInstructions, Instructions, Traini
 from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.server._exchange import Exchange
+from federator.server.checkpoint import Checkpoint, load_strategy_state, strategy_state
 from federator.server.config import GateMetric
 from federator.server.events import (
     ClientRefusal,
@@ -104,6 +105,7 @@ def initial_arrays(task: Task, seed: int) -> ArrayRecord:
 class _RoundState:
     arrays: ArrayRecord
     consecutive_skips: int = 0
+    first_round: int = 1
 
 
 class Federation:
@@ -139,18 +141,31 @@ class Federation:
         )
         self._config = instructions_for(plan).to_config()
 
-    def run(self) -> list[RoundOutcome]:
-        """Wait for nodes, then run every round; returns each round's outcome."""
+    def run(self, *, resume: Checkpoint | None = None) -> list[RoundOutcome]:
+        """Wait for nodes, then run every round (after ``resume``'s, when given); returns
+        the outcome of each round run here. Each outcome carries the round's checkpoint."""
         plan = self.plan
         needed = plan.strategy.sampling.min_available_nodes
         self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
         nodes = self._directory.refresh()
-        state = _RoundState(arrays=initial_arrays(plan.task(), plan.seed))
+        if resume is None:
+            state = _RoundState(arrays=initial_arrays(plan.task(), plan.seed))
+        else:
+            state = _RoundState(
+                arrays=resume.arrays,
+                consecutive_skips=resume.consecutive_skips,
+                first_round=resume.round + 1,
+            )
+            self.gate.load_state_dict(resume.gate)
+            load_strategy_state(
+                self.strategy.inner, plan.strategy.spec.state_attrs, resume.strategy_state
+            )
         started = FederationStarted(
             plan=plan,
             nodes=nodes,
             initial_eval=self._evaluate(state.arrays),
             example_input=self._evaluate.example_input(),
+            resumed_after=state.first_round - 1,
         )
         for obs in self._observers:
             obs.on_start(started)
@@ -162,22 +177,34 @@ class Federation:
     def _run_rounds(
         self, state: _RoundState, outcomes: list[RoundOutcome], server_side: Executor
     ) -> None:
-        for rnd in range(1, self.plan.rounds + 1):
+        for rnd in range(state.first_round, self.plan.rounds + 1):
             self._exchanger.check()
             outcome = self._round(rnd, state.arrays, server_side)
-            outcomes.append(outcome)
-            for obs in self._observers:
-                obs.on_round(outcome)
             if outcome.status is RoundStatus.COMPLETED and outcome.arrays is not None:
                 state.arrays = outcome.arrays
                 state.consecutive_skips = 0
             else:
                 state.consecutive_skips += 1
-                if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    raise FederationFailed(
-                        f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
-                        f"one because {outcome.skip_reason}"
-                    )
+            outcome = replace(outcome, checkpoint=self._checkpoint(rnd, state))
+            outcomes.append(outcome)
+            for obs in self._observers:
+                obs.on_round(outcome)
+            if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise FederationFailed(
+                    f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
+                    f"one because {outcome.skip_reason}"
+                )
+
+    def _checkpoint(self, rnd: int, state: _RoundState) -> Checkpoint:
+        return Checkpoint(
+            round=rnd,
+            arrays=state.arrays,
+            strategy_state=strategy_state(self.strategy.inner, self.plan.strategy.spec.state_attrs),
+            gate=self.gate.state_dict(),
+            consecutive_skips=state.consecutive_skips,
+            rounds=[],
+            metrics={},
+        )
 
     def _waiting(self, connected: int, needed: int) -> None:
         for obs in self._observers:

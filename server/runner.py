@@ -49,13 +49,15 @@ def run_federation(
     display: Display,
     mlflow_client: Callable[[str], Any] = io.make_client,
     cancel: threading.Event | None = None,
+    resume: str | None = None,
     node_timeout: float = 300.0,
 ) -> FederationSummary:
     """Open tracking, run every round, drain MLflow writes, show and return the summary.
 
     MLflow problems surface before round 1 (the run is opened first). Whatever happens in
     the rounds, queued MLflow writes are finished and the run is ended (FAILED on error,
-    KILLED when ``cancel`` was set).
+    KILLED when ``cancel`` was set). With ``resume`` (an MLflow run id) the federation
+    continues that run after its last checkpoint instead of starting a new one.
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
@@ -66,7 +68,9 @@ def run_federation(
         code_version=code_version(),
         signer=signer,
     )
-    tracking.open()
+    checkpoint = tracking.resume(resume) if resume else None
+    if checkpoint is None:
+        tracking.open()
     exchange = Exchange(grid, cancel=cancel)
     directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
     observers: list[Observer] = [tracking, display]
@@ -95,7 +99,7 @@ def run_federation(
         node_timeout=node_timeout,
     )
     try:
-        outcomes = federation.run()
+        outcomes = federation.run(resume=checkpoint)
     except BaseException as err:
         display.stop()
         try:

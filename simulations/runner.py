@@ -75,6 +75,7 @@ def simulate(
     *,
     display: Display,
     resources: SimulationResources | None = None,
+    resume: str | None = None,
     verbose: bool = False,
 ) -> FederationSummary:
     """Run ``plan`` with ``plan.data.clients`` simulated nodes and return its summary.
@@ -98,7 +99,7 @@ def simulate(
 
     res = resources or SimulationResources()
     handle = RunHandle()
-    server_app = build_server_app(plan, display=display, handle=handle)
+    server_app = build_server_app(plan, display=display, handle=handle, resume=resume)
     backend_config = {
         "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": 0.0},
         "init_args": {

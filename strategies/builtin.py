@@ -154,12 +154,14 @@ for _spec in (
         paper="Reddi et al. 2021, Adaptive Federated Optimization (arXiv:2003.00295)",
         params_model=FedOptParams,
         factory=_fedadam,
+        state_attrs=("m_t", "v_t"),
     ),
     StrategySpec(
         name="fedyogi",
         paper="Reddi et al. 2021, Adaptive Federated Optimization (arXiv:2003.00295)",
         params_model=FedOptParams,
         factory=_fedyogi,
+        state_attrs=("m_t", "v_t"),
     ),
     StrategySpec(
         name="krum",

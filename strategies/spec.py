@@ -38,6 +38,8 @@ class StrategySpec:
     ``needs_individual_updates`` marks robust aggregators that must see every client's update
     on its own (they cannot run under secure aggregation). ``check`` returns problems that
     depend on the rest of the plan, e.g. Krum's bound on the number of malicious nodes.
+    ``state_attrs`` names the strategy's attributes (dicts of arrays, such as FedAdam's
+    moments) that a checkpoint must save for a resumed federation to continue exactly.
     """
 
     name: str
@@ -46,6 +48,7 @@ class StrategySpec:
     factory: Callable[[Sampling, BaseModel], Strategy]
     needs_individual_updates: bool = False
     check: Callable[[BaseModel, int], list[str]] | None = None
+    state_attrs: tuple[str, ...] = ()
 
     def parse_params(self, params: dict[str, object]) -> BaseModel:
         """Validate raw parameters; raises pydantic's ``ValidationError`` on bad input."""
