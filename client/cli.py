@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federator import DataError
+from federator import DataError, ReleaseRefused
 from federator.client.keys import generate_keys
-from federator.client.store import ModelStore
+from federator.client.store import ENVELOPE, ModelStore
 
 keys_app = typer.Typer(no_args_is_help=True, help="Release signing keys.")
 node_app = typer.Typer(no_args_is_help=True, help="A partner node's installed models.")
@@ -73,6 +73,51 @@ def node_models(store: StoreOpt) -> None:
                 str(v.version), str(v.round), v.federation, v.created_at, "●" if v.current else ""
             )
         out.print(table)
+
+    run_action(go)
+
+
+@node_app.command("init")
+def node_init(
+    store: StoreOpt,
+    pinned_key: Annotated[
+        Path,
+        typer.Option("--pinned-key", help="The federation's release.pub, received out of band."),
+    ],
+    model: Annotated[str, typer.Option("--model", help="The registered model this node accepts.")],
+    keep: Annotated[int, typer.Option("--keep", help="Versions to keep.")] = 3,
+) -> None:
+    """Create a model store that accepts releases of MODEL signed with the pinned key."""
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        s = ModelStore.open(store, pinned_key=pinned_key, model=model, keep=keep)
+        out.print(f"model store for {s.model!r} at {store} (keeps {s.keep} versions)")
+
+    run_action(go)
+
+
+@node_app.command("install")
+def node_install(
+    store: StoreOpt,
+    release: Annotated[
+        Path, typer.Option("--release", help="Folder with envelope.json and the released files.")
+    ],
+) -> None:
+    """Verify and install a release by hand (e.g. one exported with `federator models
+    export`); a refusal says why and leaves the installed model as it was."""
+    from federator.server.cli import run_action
+
+    def go() -> None:
+        s = ModelStore.reopen(store)
+        envelope_path = release / ENVELOPE
+        if not envelope_path.is_file():
+            raise ReleaseRefused(f"{release} holds no {ENVELOPE} (unsigned)")
+        files = {
+            p.name: p.read_bytes() for p in release.iterdir() if p.is_file() and p.name != ENVELOPE
+        }
+        version = s.install(envelope_path.read_text(), files)
+        out.print(f"{s.model}: installed version {version}")
 
     run_action(go)
 

@@ -175,6 +175,7 @@ class ModelStore:
         """Verify and install a release; returns its version. `ReleaseRefused` (or its
         subclass `SignatureInvalid`) says why not, and leaves the store unchanged."""
         statement = open_release(envelope, self._pinned)
+        check_files(statement, files)  # integrity first: a tampered release is reported as such
         p = statement.predicate
         if p.model != self.model:
             raise ReleaseRefused(
@@ -185,7 +186,6 @@ class ModelStore:
                 f"version {p.version} is not newer than version "
                 f"{self.high_water()} already installed here (replay)"
             )
-        check_files(statement, files)
         versions = self.root / "versions"
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         try:

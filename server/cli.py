@@ -304,6 +304,33 @@ def models_list(
     run_action(go)
 
 
+@models_app.command("export")
+def models_export(
+    config: Annotated[str, typer.Argument(help="The federation config (path or example).")],
+    version: Annotated[int, typer.Option("--version", help="Registered model version.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the release to.")],
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Write a version's signed release (envelope.json + the signed files) to a folder, e.g.
+    to hand to a partner out of band (`federator node install`)."""
+    _quiet_libraries(False)
+
+    def go() -> None:
+        from federator.server.plan import load_plan
+        from federator.server.registry_view import export_release, open_client
+
+        plan = load_plan(config, overrides=_overrides(None, None, None, tracking_uri, None))
+        files = export_release(
+            open_client(plan.tracking.uri), plan.tracking.registered_model, version, out_dir
+        )
+        out.print(
+            f"release of {plan.tracking.registered_model} version {version} in "
+            f"{out_dir}: {', '.join(files)}"
+        )
+
+    run_action(go)
+
+
 @app.command()
 def strategies() -> None:
     """List the aggregation strategies, their parameters and the papers they implement."""

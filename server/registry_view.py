@@ -63,3 +63,34 @@ def open_client(uri: str) -> Any:
         )
     io.preflight(uri, artifact_location=None)
     return io.make_client(uri)
+
+
+def export_release(client: Any, model: str, version: int, out: Path) -> list[str]:
+    """Download version ``version``'s signed release into ``out``; returns the file names."""
+    from mlflow.exceptions import MlflowException
+
+    from federator.client.release import RELEASED_FILES
+
+    try:
+        mv = client.get_model_version(model, str(version))
+        run_round = int(mv.tags["federator.round"])
+    except (MlflowException, KeyError):
+        raise TrackingError(f"{model} has no version {version} made by Federator") from None
+    if "federator.release.key_id" not in mv.tags:
+        raise TrackingError(
+            f"{model} version {version} was never released (not a champion, or releases were off)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"models/round-{run_round:04d}"
+    names = [*RELEASED_FILES, "release/envelope.json"]
+    for name in names:
+        local = Path(client.download_artifacts(mv.run_id, f"{base}/{name}", str(out)))
+        target = out / Path(name).name
+        if local != target:
+            local.replace(target)
+    release_dir = out / "release"
+    if release_dir.is_dir():
+        for leftover in release_dir.iterdir():
+            leftover.unlink()
+        release_dir.rmdir()
+    return sorted(Path(n).name for n in names)

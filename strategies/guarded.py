@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from hashlib import sha256
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.run import Run
@@ -79,6 +79,20 @@ def _seeded_random(seed: int, server_round: int, phase: str) -> Iterator[None]:
         random.setstate(saved)
 
 
+def _cast_like(arrays: ArrayRecord, specs: dict[str, ArraySpec]) -> ArrayRecord:
+    """Give aggregated arrays the global model's dtypes again.
+
+    Server-side optimisers (FedAdam, FedYogi, ...) compute in float64; a client's float32
+    model must not receive float64 weights (Federator's clients refuse them, others cast
+    silently), so the global model keeps the dtypes it started with.
+    """
+    if all(str(arrays[k].dtype) == spec.dtype for k, spec in specs.items() if k in arrays):
+        return arrays
+    return ArrayRecord(
+        {k: Array(v.numpy().astype(specs[k].dtype)) if k in specs else v for k, v in arrays.items()}
+    )
+
+
 class Guarded(Strategy):
     """Screen replies and sample reproducibly around ``inner``.
 
@@ -116,7 +130,10 @@ class Guarded(Strategy):
         self.last_train = screened
         if not screened.accepted:
             return None, None
-        return self.inner.aggregate_train(server_round, screened.messages())
+        arrays, metrics = self.inner.aggregate_train(server_round, screened.messages())
+        if arrays is not None and self._expected is not None:
+            arrays = _cast_like(arrays, self._expected)
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

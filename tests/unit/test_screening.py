@@ -208,3 +208,20 @@ def test_sampling_leaves_global_random_untouched() -> None:
     random.seed(123)
     _sampled([1, 2, 3, 4], {1: "a", 2: "b", 3: "c", 4: "d"}, seed=5, rnd=1)
     assert random.random() == expected
+
+
+def test_server_optimisers_keep_the_global_models_dtypes() -> None:
+    from flwr.serverapp.strategy import FedAdam
+
+    inner = FedAdam(min_available_nodes=1, min_train_nodes=1)
+    g = Guarded(inner, seed=0)
+    g.configure_train(1, GLOBAL, ConfigRecord(), ONE_NODE)
+    arrays, _ = g.aggregate_train(1, [reply(1, label="a"), reply(2, label="b")])
+    assert arrays is not None
+    assert {str(a.dtype) for a in arrays.values()} == {"float32"}
+    # Flower's FedAdam on its own returns float64: the cast is what keeps clients working.
+    bare = FedAdam(min_available_nodes=1, min_train_nodes=1)
+    bare.configure_train(1, GLOBAL, ConfigRecord(), ONE_NODE)
+    raw, _ = bare.aggregate_train(1, [reply(1, label="a"), reply(2, label="b")])
+    assert raw is not None
+    assert {str(a.dtype) for a in raw.values()} == {"float64"}

@@ -1,0 +1,199 @@
+"""Crash-safe resume: checkpoints, exactly-once rounds, identical results after a restart."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fakes import FakeGrid, client_handlers, server_identity
+from flwr.serverapp.strategy import FedAdam
+
+from federator import ConfigError, FederationInterrupted, TrackingError
+from federator.server.checkpoint import (
+    CHECKPOINT_TAG,
+    Checkpoint,
+    load_strategy_state,
+    read_checkpoint,
+    strategy_state,
+    write_checkpoint,
+)
+from federator.server.plan import FederationPlan, build_plan
+from federator.server.progress import LogProgress
+from federator.server.rounds import initial_arrays
+from federator.server.runner import run_federation
+from federator.server.tracking import MlflowTracking
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> Iterator[None]:
+    with server_identity():
+        yield
+
+
+def _plan(raw: dict[str, Any], runs: Path, **training: Any) -> FederationPlan:
+    raw = copy.deepcopy(raw)
+    raw["federation"]["rounds"] = 4
+    raw["strategy"] = {"name": "fedadam", "params": {"eta": 0.01}}
+    raw["training"] = {"lr": 0.1, "momentum": 0.9, **training}
+    raw["gate"] = {"threshold": 0.3}
+    raw["tracking"] = {"runs_dir": str(runs)}
+    return build_plan(raw, source="test")
+
+
+def _client(plan: FederationPlan) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=plan.tracking.uri, registry_uri=plan.tracking.uri)
+
+
+class _StopAfter(LogProgress):
+    """Interrupts the federation after a given round, as a crash or Ctrl-C would."""
+
+    def __init__(self, cancel: threading.Event, after: int) -> None:
+        super().__init__(lambda _: None)
+        self._cancel, self._after = cancel, after
+
+    def on_round(self, outcome: Any) -> None:
+        if outcome.round == self._after:
+            self._cancel.set()
+
+
+def _interrupted_run(plan: FederationPlan, after: int) -> str:
+    cancel = threading.Event()
+    with pytest.raises(FederationInterrupted):
+        run_federation(
+            FakeGrid(client_handlers(4, id_seed=1)),
+            plan,
+            display=_StopAfter(cancel, after),
+            cancel=cancel,
+        )
+    client = _client(plan)
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    return str(run.info.run_id)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    from federator.client.tasks import DIGITS_MLP
+
+    cp = Checkpoint(
+        round=3,
+        arrays=initial_arrays(DIGITS_MLP, 0),
+        strategy_state={"m_t/w": np.ones((2, 2), np.float32)},
+        gate={"champion_round": 2, "champion_value": 0.9},
+        consecutive_skips=1,
+        rounds=[{"round": 1}],
+        metrics={"val/accuracy": 0.9},
+        lineage={"champion": "2"},
+    )
+    back = read_checkpoint(write_checkpoint(cp, tmp_path / "cp"))
+    assert back.round == 3
+    assert back.gate == cp.gate
+    assert back.lineage == cp.lineage
+    assert back.rounds == cp.rounds
+    assert np.array_equal(back.strategy_state["m_t/w"], cp.strategy_state["m_t/w"])
+    for key, arr in cp.arrays.items():
+        assert np.array_equal(back.arrays[key].numpy(), arr.numpy())
+
+
+def test_fedadam_moments_round_trip() -> None:
+    a, b = FedAdam(), FedAdam()
+    a.m_t = {"w": np.arange(4.0)}
+    a.v_t = {"w": np.arange(4.0) ** 2}
+    load_strategy_state(b, ("m_t", "v_t"), strategy_state(a, ("m_t", "v_t")))
+    assert b.m_t is not None
+    assert b.v_t is not None
+    assert np.array_equal(b.m_t["w"], a.m_t["w"])
+    assert np.array_equal(b.v_t["w"], a.v_t["w"])
+
+
+def test_resumed_federation_matches_an_uninterrupted_one(
+    raw_config: dict[str, Any], tmp_path: Path
+) -> None:
+    full = run_federation(
+        FakeGrid(client_handlers(4)),
+        _plan(raw_config, tmp_path / "a"),
+        display=LogProgress(lambda _: None),
+    )
+
+    plan = _plan(raw_config, tmp_path / "b")
+    run_id = _interrupted_run(plan, after=2)
+    client = _client(plan)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[CHECKPOINT_TAG] == "2"
+
+    resumed = run_federation(
+        FakeGrid(client_handlers(4, id_seed=7)),
+        plan,
+        display=LogProgress(lambda _: None),
+        resume=run_id,
+    )
+    assert resumed.run_id == run_id
+    assert [o.round for o in resumed.outcomes] == [3, 4]
+    versions = client.search_model_versions("name = 'unit'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2, 3, 4]
+    steps = [m.step for m in client.get_metric_history(run_id, "val/accuracy")]
+    assert steps == [0, 1, 2, 3, 4]  # no round logged twice
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # FedAdam's moments, the gate and the global model came back exactly.
+    for a, b in zip(full.outcomes[2:], resumed.outcomes, strict=True):
+        assert a.server_eval == b.server_eval
+        assert a.decision == b.decision
+    assert resumed.champion_round == full.champion_round
+
+
+def test_a_version_registered_after_the_last_checkpoint_is_not_kept_twice(
+    raw_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(raw_config, tmp_path)
+    original = MlflowTracking._commit_checkpoint
+
+    def crash_at_round_3(self: MlflowTracking, cp: Checkpoint) -> None:
+        if cp.round == 3:
+            raise OSError("disk full while checkpointing")
+        original(self, cp)
+
+    monkeypatch.setattr(MlflowTracking, "_commit_checkpoint", crash_at_round_3)
+    with pytest.raises(TrackingError, match="disk full"):
+        run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None))
+    client = _client(plan)
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    rounds = sorted(
+        int(v.tags["federator.round"]) for v in client.search_model_versions("name = 'unit'")
+    )
+    assert rounds == [1, 2, 3]  # round 3 was registered, but never checkpointed
+
+    monkeypatch.setattr(MlflowTracking, "_commit_checkpoint", original)
+    run_federation(
+        FakeGrid(client_handlers(4)),
+        plan,
+        display=LogProgress(lambda _: None),
+        resume=run.info.run_id,
+    )
+    versions = client.search_model_versions("name = 'unit'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2, 3, 4]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "round/wall_time_s")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_config(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    run_id = _interrupted_run(_plan(raw_config, tmp_path), after=1)
+    other = _plan(raw_config, tmp_path, lr=0.05)
+    with pytest.raises(ConfigError, match="made with another config"):
+        run_federation(
+            FakeGrid(client_handlers(4)), other, display=LogProgress(lambda _: None), resume=run_id
+        )
+
+
+def test_resume_of_an_unknown_run(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    plan = _plan(raw_config, tmp_path)
+    _interrupted_run(plan, after=1)
+    with pytest.raises(TrackingError, match="no MLflow run 0123"):
+        run_federation(
+            FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None), resume="0123"
+        )
