@@ -294,7 +294,7 @@ def models_list(
                 r.val_accuracy,
                 gate,
                 ", ".join(r.aliases),
-                r.run_id[:8],
+                r.run_id,
                 r.reasons,
             )
         out.print(table)

@@ -91,6 +91,7 @@ class FederationStarted:
     nodes: Sequence[NodeEntry]
     initial_eval: Evaluation
     resumed_after: int = 0
+    run_id: str = ""
     example_input: object = field(repr=False)
 
 

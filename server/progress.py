@@ -67,6 +67,14 @@ def _line(cells: list[str]) -> str:
     return "  ".join(c.ljust(w) if w else c for c, (_, w) in zip(cells, _COLUMNS, strict=True))
 
 
+def _run_line(event: FederationStarted) -> str:
+    resumed = f"resumed after round {event.resumed_after}; " if event.resumed_after else ""
+    return (
+        f"{resumed}MLflow run {event.run_id} (after a crash: federator simulate ... "
+        f"--resume {event.run_id})"
+    )
+
+
 def release_line(report: DeliveryReport) -> str:
     """One line on where a signed release went."""
     n = len(report.deliveries)
@@ -129,6 +137,7 @@ class RichProgress:
             f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
             f"{event.initial_eval.accuracy:.4f}"
         )
+        self.console.print(f"[dim]{_run_line(event)}[/]", highlight=False)
         self._progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -209,6 +218,7 @@ class LogProgress:
             f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
             f"{event.initial_eval.accuracy:.4f}"
         )
+        self._log(_run_line(event))
 
     def on_round(self, outcome: RoundOutcome) -> None:
         cells = _round_cells(outcome)

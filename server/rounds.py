@@ -126,8 +126,10 @@ class Federation:
         exchange: Exchange | None = None,
         node_timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        run_id: str = "",
     ):
         self.plan = plan
+        self.run_id = run_id
         self._grid = grid
         self._exchanger = exchange or Exchange(grid)
         self._evaluate = evaluator
@@ -166,6 +168,7 @@ class Federation:
             initial_eval=self._evaluate(state.arrays),
             example_input=self._evaluate.example_input(),
             resumed_after=state.first_round - 1,
+            run_id=self.run_id,
         )
         for obs in self._observers:
             obs.on_start(started)

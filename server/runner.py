@@ -97,6 +97,7 @@ def run_federation(
         observers=observers,
         exchange=exchange,
         node_timeout=node_timeout,
+        run_id=tracking.run_id,
     )
     try:
         outcomes = federation.run(resume=checkpoint)
