@@ -122,16 +122,24 @@ def _quiet_libraries(verbose: bool) -> None:
 
 def _import_path_for(config: str) -> None:
     """Put the config's folder on the import path (here and for simulated clients), so a task
-    or dataset module kept next to the config is found without installing it."""
+    or dataset module kept next to the config is found without installing it.
+
+    A folder that is itself a Python package (such as Federator's own ``simulations/``, home
+    of the bundled examples) is not added: its modules would shadow installed packages
+    (``simulations/datasets.py`` vs Hugging Face's ``datasets``). The folder goes last on
+    ``sys.path`` for the same reason.
+    """
     path = Path(config)
     if not path.is_file():
         return  # a bundled example: nothing of the user's to import
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    folder = path.resolve().parent
+    if (folder / "__init__.py").exists():
+        return
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
     current = os.environ.get("PYTHONPATH", "")
-    if folder not in current.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (folder, current) if p)
+    if str(folder) not in current.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (current, str(folder)) if p)
 
 
 def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
@@ -282,22 +290,25 @@ def models_list(
         name = model or plan.tracking.registered_model
         rows = list_versions(open_client(plan.tracking.uri), name)
         table = Table(title=f"{name} @ {plan.tracking.uri}", title_justify="left")
-        for col in ("version", "round", "val acc", "gate", "aliases", "run", "reasons"):
+        for col in ("version", "round", "val acc", "gate", "aliases", "run", "why not promoted"):
             table.add_column(col, overflow="fold")
         for r in rows:
             gate = {"promoted": "[green]promoted[/]", "rejected": "[yellow]rejected[/]"}.get(
                 r.decision, r.decision
             )
+            why = r.reasons.split("; ")[0] if r.decision == "rejected" else ""
             table.add_row(
                 str(r.version),
                 r.round,
                 r.val_accuracy,
                 gate,
                 ", ".join(r.aliases),
-                r.run_id,
-                r.reasons,
+                r.run_id[:8],
+                why,
             )
         out.print(table)
+        for run_id in dict.fromkeys(r.run_id for r in rows):
+            out.print(f"run {run_id[:8]} = MLflow run {run_id}", highlight=False)
         if not rows:
             out.print("no versions yet")
 

@@ -131,3 +131,24 @@ def test_strategies_lists_papers() -> None:
     assert result.exit_code == 0
     assert "fedtrimmedavg" in result.stdout
     assert "Blanchard" in result.stdout
+
+
+def test_bundled_config_by_path_does_not_shadow_installed_packages() -> None:
+    """`simulations/` holds `datasets.py`; putting it on the import path would hide Hugging
+    Face's `datasets` (which the partitioners need) — as `make demo` once did."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cli = Path(sys.executable).parent / "federator"
+    result = subprocess.run(
+        [str(cli), "validate", "simulations/demo.toml"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "valid" in result.stdout
