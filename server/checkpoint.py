@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 from safetensors.numpy import load_file, save_file
 
@@ -101,8 +101,3 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         metrics=state["metrics"],
         lineage=state["lineage"],
     )
-
-
-def copy_arrays(arrays: ArrayRecord) -> ArrayRecord:
-    """A deep copy (strategies may consume the arrays they are handed)."""
-    return ArrayRecord({k: Array(np.array(v.numpy())) for k, v in arrays.items()})

@@ -122,6 +122,3 @@ class NodeDirectory:
     def order_key(self, node_id: int) -> str:
         """Stable sort key for sampling: the node's label."""
         return self.entry(node_id).label
-
-    def entries(self) -> list[NodeEntry]:
-        return sorted(self._entries.values(), key=lambda e: e.label)

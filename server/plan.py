@@ -13,7 +13,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,6 @@ class TrackingPlan:
     registered_model: str
     runs_dir: Path
 
-    @property
-    def is_local(self) -> bool:
-        return self.uri.startswith(("sqlite:", "file:"))
-
 
 @dataclass(frozen=True, kw_only=True)
 class FederationPlan:
@@ -118,10 +114,6 @@ class FederationPlan:
 
         walk("", self.resolved)
         return out
-
-    def with_rounds(self, rounds: int) -> FederationPlan:
-        """The same plan with another number of rounds (benchmarks and tests)."""
-        return replace(self, rounds=rounds)
 
 
 # --------------------------------------------------------------------------------------------

@@ -222,10 +222,6 @@ class MlflowTracking:
             return f"{tr.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"mlflow ui --backend-store-uri {tr.uri}"
 
-    @property
-    def pending(self) -> int:
-        return self._worker.pending if self._worker else 0
-
     def _opened_worker(self) -> OrderedWorker:
         if self._worker is None:
             raise RuntimeError("MlflowTracking.open() must succeed before it records anything")

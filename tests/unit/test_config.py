@@ -214,7 +214,6 @@ def test_minimal_config_gets_sane_defaults(raw_config: dict[str, Any], tmp_path:
 def test_http_tracking_has_server_side_artifacts(raw_config: dict[str, Any]) -> None:
     plan = build_plan(_set(raw_config, "tracking.uri", "http://127.0.0.1:5000"), source="x")
     assert plan.tracking.artifact_location is None
-    assert not plan.tracking.is_local
 
 
 def test_fedprox_mu_reaches_training_settings(raw_config: dict[str, Any]) -> None:
