@@ -16,7 +16,8 @@ message is meant for a person::
     ├── UpdateRejected         a client's update failed screening (the round goes on)
     ├── FederationFailed       a federation stopped before its last round
     │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
-    ├── PrivacyBudgetExhausted a client refuses to spend more privacy budget
+    ├── PolicyRefused          a node's own policy forbids what the coordinator asks
+    │   └── PrivacyBudgetExhausted  ... because it would spend more privacy than allowed
     └── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
         └── SignatureInvalid   ... because its signature or digests do not verify
 """
@@ -31,6 +32,7 @@ __all__ = [
     "FederationFailed",
     "FederationInterrupted",
     "FederatorError",
+    "PolicyRefused",
     "PrivacyBudgetExhausted",
     "RegistryError",
     "ReleaseRefused",
@@ -82,8 +84,13 @@ class FederationInterrupted(FederationFailed):
     """A federation was stopped on request; completed rounds stay recorded."""
 
 
-class PrivacyBudgetExhausted(FederatorError):
-    """A client's next round would exceed the privacy budget its own policy allows."""
+class PolicyRefused(FederatorError):
+    """A node refuses what the coordinator asks because its own policy forbids it."""
+
+
+class PrivacyBudgetExhausted(PolicyRefused):
+    """A client's next round would exceed the privacy budget its own policy allows
+    (or the epsilon the federation planned for); the node does not train."""
 
 
 class ReleaseRefused(FederatorError):

@@ -19,8 +19,15 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from federator import FederatorError, ReleaseRefused, __version__
+from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client.instructions import Instructions, read_instructions
-from federator.client.node import installed_version, node_settings, open_store
+from federator.client.node import (
+    dp_noise_seed,
+    installed_version,
+    node_settings,
+    open_store,
+    privacy_policy,
+)
 from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
@@ -112,10 +119,23 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
     mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
-    settings = instr.settings(
-        round_seed=_round_seed(instr, server_round, node_label(context)), proximal_mu=mu
+    label = node_label(context)
+    settings = instr.settings(round_seed=_round_seed(instr, server_round, label), proximal_mu=mu)
+    settings, spend = private_settings(
+        instr,
+        settings,
+        task=task,
+        model=model,
+        data=data.train,
+        policy=privacy_policy(context, label),
+        server_round=server_round,
+        noise_seed=dp_noise_seed(context),
     )
     metrics = task.train(model, data.train, settings)
+    delta = instr.local_dp.delta if instr.local_dp else 0.0
+    metrics = {k: v for k, v in metrics.items() if k != DP_STEPS} | dp_metrics(
+        spend, metrics, delta=delta
+    )
     content = RecordDict(
         {
             "arrays": model_arrays(model),

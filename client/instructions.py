@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from federator import UpdateRejected
 from federator.client.tasks import Optimizer, TrainSettings
+from federator.privacy.accounting import Accountant
+from federator.privacy.policy import LocalDpTarget
 from federator.simulations.partition import Partitioner, SimulationData
 
 INSTRUCTIONS_KEY = "federator"
@@ -51,14 +53,30 @@ class TrainingInstructions(BaseModel):
     seed: int
 
 
+class LocalDpInstructions(BaseModel):
+    """Local DP-SGD as the federation plans it (the node's own policy still applies)."""
+
+    model_config = _Strict
+    target_epsilon: Annotated[float, Field(gt=0)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    accountant: Accountant
+    rounds: Annotated[int, Field(ge=1)]
+
+    def target(self) -> LocalDpTarget:
+        return LocalDpTarget(**dict(self))
+
+
 class Instructions(BaseModel):
     """Everything a client needs for one round."""
 
     model_config = _Strict
     federation: str
+    run: str = ""
     task: str
     data: DataInstructions
     training: TrainingInstructions
+    local_dp: LocalDpInstructions | None = None
 
     def settings(self, *, round_seed: int, proximal_mu: float) -> TrainSettings:
         t = self.training

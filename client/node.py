@@ -15,13 +15,19 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from federator import ReleaseRefused
+from federator import ConfigError, ReleaseRefused
 from federator.client.store import ModelStore
+from federator.privacy.accounting import Accountant
+from federator.privacy.policy import NodePrivacyPolicy
 
 ENV_STORE_ROOT = "FEDERATOR_NODE_STORE_ROOT"
 ENV_PINNED_KEY = "FEDERATOR_NODE_PINNED_KEY"
 ENV_MODEL = "FEDERATOR_NODE_MODEL"
 ENV_KEEP = "FEDERATOR_NODE_KEEP"
+ENV_LEDGER_ROOT = "FEDERATOR_NODE_LEDGER_ROOT"
+ENV_MAX_EPSILON = "FEDERATOR_NODE_MAX_EPSILON"
+ENV_PRIVACY_DELTA = "FEDERATOR_NODE_PRIVACY_DELTA"
+ENV_DP_NOISE_SEED = "FEDERATOR_NODE_DP_NOISE_SEED"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,3 +79,37 @@ def installed_version(settings: NodeSettings) -> int:
         return 0
     link = settings.store / "current"
     return int(Path(os.readlink(link)).name) if link.is_symlink() else 0
+
+
+def _setting(context: Context, key: str, env: str) -> str | None:
+    value = context.node_config.get(key, os.environ.get(env) if env else None)
+    return str(value) if value not in (None, "") else None
+
+
+def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
+    """This node's privacy policy: ``max-epsilon``, ``privacy-delta``, ``privacy-accountant``
+    and ``privacy-ledger`` (a file) from its node config; simulated nodes read
+    ``FEDERATOR_NODE_MAX_EPSILON`` / ``_PRIVACY_DELTA`` and keep their ledger under
+    ``FEDERATOR_NODE_LEDGER_ROOT/<label>.json``. Malformed values are a `ConfigError`."""
+    ledger = _setting(context, "privacy-ledger", "")
+    if ledger is None and (root := os.environ.get(ENV_LEDGER_ROOT)):
+        ledger = str(Path(root) / f"{label}.json")
+    max_eps = _setting(context, "max-epsilon", ENV_MAX_EPSILON)
+    delta = _setting(context, "privacy-delta", ENV_PRIVACY_DELTA)
+    accountant = _setting(context, "privacy-accountant", "")
+    try:
+        return NodePrivacyPolicy(
+            max_epsilon=float(max_eps) if max_eps is not None else None,
+            delta=float(delta) if delta is not None else 1e-5,
+            accountant=Accountant(accountant) if accountant else Accountant.RDP,
+            ledger=Path(ledger) if ledger else None,
+        )
+    except ValueError as err:
+        raise ConfigError(f"this node's privacy settings are invalid: {err}") from None
+
+
+def dp_noise_seed(context: Context) -> int | None:
+    """A fixed seed for DP noise — for reproducible research in simulation only. Unset (the
+    default), noise comes from the operating system's randomness."""
+    seed = _setting(context, "dp-noise-seed", ENV_DP_NOISE_SEED)
+    return int(seed) if seed is not None else None

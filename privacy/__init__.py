@@ -1,6 +1,41 @@
-"""Privacy: client-side DP-SGD with a ledger each client enforces, central DP and SecAgg+.
+"""Privacy: local DP-SGD with a ledger each node enforces, central DP, SecAgg+, and an audit.
 
-Not built yet (tracked in issue 4); this package exists so the layout is stable.
+* `accounting`: ε of a history of DP-SGD steps (RDP or PRV accountants, from a registry).
+* `ledger`: the node's on-disk record of every DP-SGD round, per dataset, across federations.
+* `policy`: the coordinator's target (`LocalDpTarget`) and the node's limit
+  (`NodePrivacyPolicy`); `authorize` checks both and records the spend before training.
+* `dpsgd`: Opacus wiring with the checks that keep its accounting true.
+* `central`: Flower's central-DP wrappers built from a federation config.
+* `audit`: an empirical lower bound on ε (Clopper–Pearson) to test the claims above.
 """
 
-__all__: list[str] = []
+from federator.privacy.accounting import ACCOUNTANTS, Accountant, Charge, epsilon, noise_multiplier
+from federator.privacy.dpsgd import DpSgd, check_loader, check_model, make_private
+from federator.privacy.ledger import LedgerEntry, PrivacyLedger, dataset_fingerprint
+from federator.privacy.policy import (
+    LocalDpTarget,
+    NodePrivacyPolicy,
+    Spend,
+    authorize,
+    refuse_non_private,
+)
+
+__all__ = [
+    "ACCOUNTANTS",
+    "Accountant",
+    "Charge",
+    "DpSgd",
+    "LedgerEntry",
+    "LocalDpTarget",
+    "NodePrivacyPolicy",
+    "PrivacyLedger",
+    "Spend",
+    "authorize",
+    "check_loader",
+    "check_model",
+    "dataset_fingerprint",
+    "epsilon",
+    "make_private",
+    "noise_multiplier",
+    "refuse_non_private",
+]

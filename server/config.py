@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from federator.client.tasks import Optimizer
+from federator.privacy.accounting import Accountant
 from federator.simulations.partition import Partitioner
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -120,6 +121,72 @@ class ReleaseSection(_Section):
     keep: Annotated[int, Field(ge=1, le=100)] = 3
 
 
+class LocalDpSection(_Section):
+    """Local DP-SGD on every client (Opacus). σ is set so that all planned rounds together
+    stay within ``target_epsilon`` at ``delta``; each node's own budget still applies."""
+
+    target_epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    accountant: Accountant = Accountant.RDP
+
+
+class CentralClipping(StrEnum):
+    """How updates are clipped for central DP (Flower's wrappers)."""
+
+    FIXED = "fixed"
+    ADAPTIVE = "adaptive"
+
+
+class ClippingSide(StrEnum):
+    """Where updates are clipped: by the server, or by each client before sending."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class CentralDpSection(_Section):
+    """Central DP: clip each update, add Gaussian noise to the aggregate (Flower's wrappers).
+
+    With ``max_epsilon`` (and ``delta``) the federation is accounted with Flower's
+    `RdpAccountant` and stops before the next round would exceed it — fixed clipping only.
+    """
+
+    clipping: CentralClipping = CentralClipping.FIXED
+    side: ClippingSide = ClippingSide.SERVER
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    clipping_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    target_clipped_quantile: Annotated[float, Field(ge=0, le=1)] = 0.5
+    clip_norm_lr: Annotated[float, Field(gt=0)] = 0.2
+    clipped_count_stddev: Annotated[float, Field(ge=0)] | None = None
+    delta: Annotated[float, Field(gt=0, lt=1)] | None = None
+    max_epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class SecAggSection(_Section):
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the server only sees the sum.
+
+    ``num_shares``: how many peers each client's secret is shared with (≥ 3);
+    ``reconstruction_threshold``: how many shares rebuild it — the round survives dropouts as
+    long as this many clients stay; ``clipping_range`` and ``quantization_range`` set the
+    fixed-point encoding of weights.
+    """
+
+    num_shares: Annotated[int, Field(ge=3)]
+    reconstruction_threshold: Annotated[int, Field(ge=2)]
+    clipping_range: Annotated[float, Field(gt=0)] = 8.0
+    quantization_range: Annotated[int, Field(ge=2)] = 4_194_304
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+
+class PrivacySection(_Section):
+    """Privacy protections; each sub-table is optional (``[privacy.local]`` etc.)."""
+
+    local: LocalDpSection | None = None
+    central: CentralDpSection | None = None
+    secagg: SecAggSection | None = None
+
+
 class FederationConfig(_Section):
     """A whole ``federation.toml``."""
 
@@ -131,3 +198,4 @@ class FederationConfig(_Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     gate: GateSection = Field(default_factory=GateSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)

@@ -25,6 +25,7 @@ from federator import ConfigError, FederatorError
 from federator.client.tasks import Task, TrainSettings, resolve_task
 from federator.server._overrides import Override, apply_overrides
 from federator.server._plan_checks import cross_checks, sampled
+from federator.server._privacy_plan import PrivacyPlan, privacy_plan, privacy_problems
 from federator.server._release_plan import ReleasePlan, release_plan
 from federator.server.config import FederationConfig
 from federator.server.gate import GatePolicy
@@ -93,6 +94,7 @@ class FederationPlan:
     tracking: TrackingPlan
     gate: GatePolicy
     release: ReleasePlan | None
+    privacy: PrivacyPlan
     source: str
     resolved: Mapping[str, Any] = field(repr=False)
     config_hash: str
@@ -250,6 +252,7 @@ def build_plan(
     except FederatorError as err:
         problems.append(f"task.name: {err}")
     problems += cross_checks(cfg, spec, params, task)
+    problems += privacy_problems(cfg, spec, task, train_nodes=_train_nodes(cfg))
     try:
         tracking = _tracking(cfg)
     except ConfigError as err:
@@ -314,10 +317,16 @@ def build_plan(
             max_client_spread=cfg.gate.max_client_spread,
         ),
         release=release,
+        privacy=privacy_plan(cfg, train_nodes=_train_nodes(cfg)),
         source=source,
         resolved=resolved,
         config_hash=config_hash(resolved),
     )
+
+
+def _train_nodes(cfg: FederationConfig) -> int:
+    n, s = cfg.data.clients, cfg.strategy
+    return sampled(s.min_available_nodes or n, s.fraction_train, s.min_train_nodes or min(2, n))
 
 
 def _config_error(source: str, problems: list[str]) -> ConfigError:

@@ -20,7 +20,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 
 from federator import FederationFailed
-from federator.client.instructions import DataInstructions, Instructions, TrainingInstructions
+from federator.client.instructions import (
+    DataInstructions,
+    Instructions,
+    LocalDpInstructions,
+    TrainingInstructions,
+)
 from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.server._exchange import Exchange
@@ -65,11 +70,22 @@ class ServerEvaluator:
         return self._holdout.x[:2]
 
 
-def instructions_for(plan: FederationPlan) -> Instructions:
-    """The instructions every client receives for this plan."""
-    d, t = plan.data, plan.training
+def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
+    """The instructions every client receives for this plan (``run_id``: the MLflow run,
+    which names the run in each node's privacy ledger)."""
+    d, t, local = plan.data, plan.training, plan.privacy.local
     return Instructions(
         federation=plan.name,
+        run=run_id,
+        local_dp=None
+        if local is None
+        else LocalDpInstructions(
+            target_epsilon=local.target_epsilon,
+            delta=local.delta,
+            max_grad_norm=local.max_grad_norm,
+            accountant=local.accountant,
+            rounds=local.rounds,
+        ),
         task=plan.task_ref,
         data=DataInstructions(
             dataset=d.dataset,
@@ -141,7 +157,7 @@ class Federation:
         self.strategy = Guarded(
             plan.strategy.build(), seed=plan.seed, node_order=directory.order_key
         )
-        self._config = instructions_for(plan).to_config()
+        self._config = instructions_for(plan, run_id=run_id).to_config()
 
     def run(self, *, resume: Checkpoint | None = None) -> list[RoundOutcome]:
         """Wait for nodes, then run every round (after ``resume``'s, when given); returns

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from federator import TaskError
 from federator.client.tasks.protocol import Evaluation, Optimizer, TrainSettings
+from federator.privacy.dpsgd import make_private
 from federator.simulations.datasets import ArrayData
 
 _EVAL_BATCH = 512
@@ -49,38 +52,24 @@ class ClassificationTask:
     def build_model(self) -> nn.Module:
         return self.model_factory()
 
+    supports_local_dp: bool = True
+
     def train(self, model: nn.Module, data: ArrayData, settings: TrainSettings) -> dict[str, float]:
         torch.manual_seed(settings.seed)
-        loader = DataLoader(
+        loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
             _tensors(data),
             batch_size=settings.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(settings.seed),
         )
         optimizer = _optimizer(model, settings)
-        anchor = (
-            [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else []
-        )
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for _ in range(settings.epochs):
-            for xb, yb in loader:
-                optimizer.zero_grad()
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                if anchor:
-                    prox = sum(
-                        ((p - a) ** 2).sum()
-                        for p, a in zip(model.parameters(), anchor, strict=True)
-                    )
-                    loss = loss + settings.proximal_mu / 2 * prox
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach()) * len(yb)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(yb)
-        return {"train-loss": total_loss / max(seen, 1), "train-accuracy": correct / max(seen, 1)}
+        if settings.dp is None:
+            return _train_loop(model, optimizer, loader, settings)
+        if settings.proximal_mu > 0:
+            raise TaskError("FedProx's proximal term is not per-example: not usable with DP-SGD")
+        with make_private(model, optimizer=optimizer, loader=loader, dp=settings.dp) as parts:
+            metrics = _train_loop(parts.model, parts.optimizer, parts.loader, settings)
+            return {**metrics, "dp-steps": float(parts.steps)}
 
     def evaluate(self, model: nn.Module, data: ArrayData) -> Evaluation:
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -93,3 +82,33 @@ class ClassificationTask:
                 correct += int((logits.argmax(1) == yb).sum())
         n = len(data)
         return Evaluation(loss=total_loss / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
+
+
+def _train_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[Any],
+    settings: TrainSettings,
+) -> dict[str, float]:
+    anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else []
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(settings.epochs):
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            if anchor:
+                prox = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + settings.proximal_mu / 2 * prox
+            loss.backward()
+            optimizer.step()
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch (still a noisy step)
+                continue
+            total_loss += float(loss.detach()) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+    return {"train-loss": total_loss / max(seen, 1), "train-accuracy": correct / max(seen, 1)}

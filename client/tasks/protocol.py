@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from federator.privacy.dpsgd import DpSgd
 from federator.simulations.datasets import ArrayData
 
 
@@ -30,6 +31,9 @@ class TrainSettings:
 
     ``proximal_mu`` > 0 adds FedProx's proximal term (mu/2)·||w − w_global||² to the loss.
     ``seed`` makes shuffling and any randomness in the model reproducible.
+    ``dp``: train with DP-SGD (`federator.privacy.make_private`); only tasks whose
+    ``supports_local_dp`` is true are sent it, and they must report the noisy steps taken
+    as the ``dp-steps`` metric.
     """
 
     epochs: int
@@ -40,6 +44,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
     seed: int = 0
+    dp: DpSgd | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""The privacy part of a plan: the ``[privacy]`` section, validated against the rest.
+
+What only the whole config can tell: FedProx's proximal term is not per-example (no
+DP-SGD), a model with BatchNorm cannot be trained with DP-SGD, Flower's accountant for
+central DP covers fixed clipping with plain FedAvg only, and secure aggregation hides the
+individual updates that robust aggregators and server-side clipping need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federator.client.tasks import Task
+from federator.privacy.accounting import Accountant
+from federator.privacy.dpsgd import model_problems
+from federator.privacy.policy import LocalDpTarget
+from federator.server.config import (
+    CentralClipping,
+    CentralDpSection,
+    ClippingSide,
+    FederationConfig,
+    SecAggSection,
+)
+from federator.strategies import StrategySpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class CentralDpPlan:
+    """Flower's central-DP wrapper to put around the strategy (see `federator.privacy.central`)."""
+
+    clipping: CentralClipping
+    side: ClippingSide
+    noise_multiplier: float
+    clipping_norm: float
+    target_clipped_quantile: float
+    clip_norm_lr: float
+    clipped_count_stddev: float | None
+    delta: float | None
+    max_epsilon: float | None
+    clients: int
+    sampled_per_round: int
+
+    @property
+    def accounted(self) -> bool:
+        return self.delta is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggPlan:
+    """SecAgg+ settings (see `federator.privacy.secagg`)."""
+
+    num_shares: int
+    reconstruction_threshold: int
+    clipping_range: float
+    quantization_range: int
+    timeout: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyPlan:
+    """Which protections a federation runs with (all None: none)."""
+
+    local: LocalDpTarget | None = None
+    central: CentralDpPlan | None = None
+    secagg: SecAggPlan | None = None
+
+
+def _central(c: CentralDpSection, clients: int, sampled: int) -> CentralDpPlan:
+    return CentralDpPlan(
+        clipping=c.clipping,
+        side=c.side,
+        noise_multiplier=c.noise_multiplier,
+        clipping_norm=c.clipping_norm,
+        target_clipped_quantile=c.target_clipped_quantile,
+        clip_norm_lr=c.clip_norm_lr,
+        clipped_count_stddev=c.clipped_count_stddev,
+        delta=c.delta,
+        max_epsilon=c.max_epsilon,
+        clients=clients,
+        sampled_per_round=sampled,
+    )
+
+
+def _secagg(s: SecAggSection) -> SecAggPlan:
+    return SecAggPlan(
+        num_shares=s.num_shares,
+        reconstruction_threshold=s.reconstruction_threshold,
+        clipping_range=s.clipping_range,
+        quantization_range=s.quantization_range,
+        timeout=s.timeout,
+    )
+
+
+def privacy_problems(
+    cfg: FederationConfig, spec: StrategySpec | None, task: Task | None, *, train_nodes: int
+) -> list[str]:
+    """Contradictions between ``[privacy]`` and the rest of the config."""
+    p, problems = cfg.privacy, []
+    if p.local is not None:
+        if spec is not None and spec.name == "fedprox":
+            problems.append(
+                "privacy.local: FedProx's proximal term is not a per-example loss, so DP-SGD "
+                "cannot bound it; use fedavg (or another strategy) with local DP"
+            )
+        if task is not None:
+            if not getattr(task, "supports_local_dp", False):
+                problems.append(f"privacy.local: task {task.name!r} does not support DP-SGD")
+            else:
+                problems += [f"privacy.local: {m}" for m in model_problems(task.build_model())]
+    if (c := p.central) is not None:
+        if c.max_epsilon is not None and c.delta is None:
+            problems.append("privacy.central.delta: required when max_epsilon is set")
+        if c.delta is not None:
+            if c.clipping is not CentralClipping.FIXED:
+                problems.append(
+                    "privacy.central: Flower's accountant covers fixed clipping only; "
+                    "remove delta/max_epsilon or use clipping = 'fixed'"
+                )
+            if spec is not None and spec.name != "fedavg":
+                problems.append(
+                    f"privacy.central: Flower's accountant needs strategy 'fedavg', "
+                    f"not {spec.name!r}"
+                )
+            if c.noise_multiplier <= 0:
+                problems.append("privacy.central.noise_multiplier: must be > 0 when accounted")
+    if (s := p.secagg) is not None:
+        if spec is not None and spec.needs_individual_updates:
+            problems.append(
+                f"privacy.secagg: strategy {spec.name!r} must see each client's update, "
+                "which secure aggregation hides; use fedavg"
+            )
+        elif spec is not None and spec.name != "fedavg":
+            problems.append(
+                f"privacy.secagg: SecAgg+ runs with FedAvg only in Flower 1.42 (got {spec.name!r})"
+            )
+        if p.central is not None and p.central.side is ClippingSide.SERVER:
+            problems.append(
+                "privacy.secagg: server-side clipping needs each client's update; "
+                "use privacy.central.side = 'client' with secure aggregation"
+            )
+        if s.reconstruction_threshold > s.num_shares:
+            problems.append(
+                f"privacy.secagg.reconstruction_threshold: {s.reconstruction_threshold} is "
+                f"more than num_shares ({s.num_shares})"
+            )
+        if s.num_shares > train_nodes:
+            problems.append(
+                f"privacy.secagg.num_shares: {s.num_shares} is more than the {train_nodes} "
+                "nodes a round samples for training"
+            )
+    return problems
+
+
+def privacy_plan(cfg: FederationConfig, *, train_nodes: int) -> PrivacyPlan:
+    """The validated privacy plan (call after `privacy_problems` found nothing)."""
+    p = cfg.privacy
+    local = None
+    if p.local is not None:
+        local = LocalDpTarget(
+            target_epsilon=p.local.target_epsilon,
+            delta=p.local.delta,
+            max_grad_norm=p.local.max_grad_norm,
+            accountant=Accountant(p.local.accountant),
+            rounds=cfg.federation.rounds,
+        )
+    return PrivacyPlan(
+        local=local,
+        central=_central(p.central, cfg.data.clients, train_nodes) if p.central else None,
+        secagg=_secagg(p.secagg) if p.secagg else None,
+    )
