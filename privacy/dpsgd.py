@@ -178,7 +178,7 @@ def make_private(
                 _engine=engine,
             )
         finally:
-            private_model._close()  # type: ignore[operator]
+            private_model._close()
 
 
 __all__ = [

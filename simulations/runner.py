@@ -58,11 +58,19 @@ def node_environment(plan: FederationPlan) -> dict[str, str]:
     """The settings simulated partner nodes read (`federator.client.node`): each keeps its
     own store under ``<runs_dir>/nodes/<federation>/<label>`` and pins the release public key
     from the plan, exactly as a real partner pins the key it was given out of band."""
-    from federator.client.node import ENV_KEEP, ENV_MODEL, ENV_PINNED_KEY, ENV_STORE_ROOT
+    from federator.client.node import (
+        ENV_KEEP,
+        ENV_LEDGER_ROOT,
+        ENV_MODEL,
+        ENV_PINNED_KEY,
+        ENV_STORE_ROOT,
+    )
 
+    # Privacy ledgers span federations: one per simulated node, shared by every run.
+    ledger = {ENV_LEDGER_ROOT: str(plan.tracking.runs_dir / "nodes" / "privacy-ledgers")}
     if plan.release is None:
-        return {}
-    return {
+        return ledger
+    return ledger | {
         ENV_STORE_ROOT: str(plan.tracking.runs_dir / "nodes" / plan.name),
         ENV_PINNED_KEY: str(plan.release.public_key),
         ENV_MODEL: plan.tracking.registered_model,
