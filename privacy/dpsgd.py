@@ -114,7 +114,6 @@ class PrivateParts:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: DataLoader[object]
-    sample_rate: float
     _engine: object
 
     @property
@@ -174,7 +173,6 @@ def make_private(
                 model=private_model,
                 optimizer=private_opt,
                 loader=private_loader,
-                sample_rate=1 / len(private_loader),
                 _engine=engine,
             )
         finally:
