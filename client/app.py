@@ -31,6 +31,7 @@ from federator.client.node import (
 from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
+from federator.privacy.central import client_clipping
 from federator.simulations.partition import ClientData, client_data
 from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY, NUM_EXAMPLES
 
@@ -114,7 +115,17 @@ def _refusing(
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model for one round on the local training split."""
+    """Train the received global model for one round on the local training split.
+
+    Under central DP with client-side clipping, Flower's clipping mod clips the update to
+    the norm the coordinator sent before the reply leaves the node.
+    """
+    config = msg.content.config_records.get("config", ConfigRecord())
+    clipping = read_instructions(config).central_clipping
+    return client_clipping(clipping, msg, context, _train)
+
+
+def _train(msg: Message, context: Context) -> Message:
     instr, task, data, model = _prepare(msg, context)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]

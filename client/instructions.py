@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from federator import UpdateRejected
 from federator.client.tasks import Optimizer, TrainSettings
 from federator.privacy.accounting import Accountant
+from federator.privacy.central import CentralClipping
 from federator.privacy.policy import LocalDpTarget
 from federator.simulations.partition import Partitioner, SimulationData
 
@@ -77,6 +78,8 @@ class Instructions(BaseModel):
     data: DataInstructions
     training: TrainingInstructions
     local_dp: LocalDpInstructions | None = None
+    # Central DP with client-side clipping: clip the update before it leaves the node.
+    central_clipping: CentralClipping | None = None
 
     def settings(self, *, round_seed: int, proximal_mu: float) -> TrainSettings:
         t = self.training

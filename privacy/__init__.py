@@ -10,6 +10,13 @@
 """
 
 from federator.privacy.accounting import ACCOUNTANTS, Accountant, Charge, epsilon, noise_multiplier
+from federator.privacy.central import (
+    CentralClipping,
+    CentralDp,
+    CentralDpSettings,
+    ClippingSide,
+    central_dp,
+)
 from federator.privacy.dpsgd import DpSgd, check_loader, check_model, make_private
 from federator.privacy.ledger import LedgerEntry, PrivacyLedger, dataset_fingerprint
 from federator.privacy.policy import (
@@ -23,7 +30,11 @@ from federator.privacy.policy import (
 __all__ = [
     "ACCOUNTANTS",
     "Accountant",
+    "CentralClipping",
+    "CentralDp",
+    "CentralDpSettings",
     "Charge",
+    "ClippingSide",
     "DpSgd",
     "LedgerEntry",
     "LocalDpTarget",
@@ -31,6 +42,7 @@ __all__ = [
     "PrivacyLedger",
     "Spend",
     "authorize",
+    "central_dp",
     "check_loader",
     "check_model",
     "dataset_fingerprint",

@@ -12,37 +12,15 @@ from dataclasses import dataclass
 
 from federator.client.tasks import Task
 from federator.privacy.accounting import Accountant
+from federator.privacy.central import CentralClipping, CentralDpSettings, ClippingSide
 from federator.privacy.dpsgd import model_problems
 from federator.privacy.policy import LocalDpTarget
 from federator.server.config import (
-    CentralClipping,
     CentralDpSection,
-    ClippingSide,
     FederationConfig,
     SecAggSection,
 )
 from federator.strategies import StrategySpec
-
-
-@dataclass(frozen=True, kw_only=True)
-class CentralDpPlan:
-    """Flower's central-DP wrapper to put around the strategy (see `federator.privacy.central`)."""
-
-    clipping: CentralClipping
-    side: ClippingSide
-    noise_multiplier: float
-    clipping_norm: float
-    target_clipped_quantile: float
-    clip_norm_lr: float
-    clipped_count_stddev: float | None
-    delta: float | None
-    max_epsilon: float | None
-    clients: int
-    sampled_per_round: int
-
-    @property
-    def accounted(self) -> bool:
-        return self.delta is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +31,7 @@ class SecAggPlan:
     reconstruction_threshold: int
     clipping_range: float
     quantization_range: int
+    max_weight: float
     timeout: float | None
 
 
@@ -61,12 +40,12 @@ class PrivacyPlan:
     """Which protections a federation runs with (all None: none)."""
 
     local: LocalDpTarget | None = None
-    central: CentralDpPlan | None = None
+    central: CentralDpSettings | None = None
     secagg: SecAggPlan | None = None
 
 
-def _central(c: CentralDpSection, clients: int, sampled: int) -> CentralDpPlan:
-    return CentralDpPlan(
+def _central(c: CentralDpSection, clients: int, sampled: int) -> CentralDpSettings:
+    return CentralDpSettings(
         clipping=c.clipping,
         side=c.side,
         noise_multiplier=c.noise_multiplier,
@@ -87,6 +66,7 @@ def _secagg(s: SecAggSection) -> SecAggPlan:
         reconstruction_threshold=s.reconstruction_threshold,
         clipping_range=s.clipping_range,
         quantization_range=s.quantization_range,
+        max_weight=s.max_weight,
         timeout=s.timeout,
     )
 
@@ -108,6 +88,11 @@ def privacy_problems(
             else:
                 problems += [f"privacy.local: {m}" for m in model_problems(task.build_model())]
     if (c := p.central) is not None:
+        if spec is not None and spec.needs_individual_updates:
+            problems.append(
+                f"privacy.central: the noise is calibrated for a mean of clipped updates; "
+                f"strategy {spec.name!r} does not average (use fedavg or another averaging one)"
+            )
         if c.max_epsilon is not None and c.delta is None:
             problems.append("privacy.central.delta: required when max_epsilon is set")
         if c.delta is not None:
@@ -138,10 +123,20 @@ def privacy_problems(
                 "privacy.secagg: server-side clipping needs each client's update; "
                 "use privacy.central.side = 'client' with secure aggregation"
             )
-        if s.reconstruction_threshold > s.num_shares:
+        if p.central is not None:
             problems.append(
-                f"privacy.secagg.reconstruction_threshold: {s.reconstruction_threshold} is "
-                f"more than num_shares ({s.num_shares})"
+                "privacy.secagg: not yet combinable with privacy.central — the SecAgg+ round "
+                "replaces the strategy's aggregation, where Flower's wrapper adds the noise"
+            )
+        if s.reconstruction_threshold >= s.num_shares:
+            problems.append(
+                f"privacy.secagg.reconstruction_threshold: {s.reconstruction_threshold} must be "
+                f"less than num_shares ({s.num_shares})"
+            )
+        if train_nodes * s.quantization_range >= 2**32:
+            problems.append(
+                f"privacy.secagg.quantization_range: {train_nodes} clients × "
+                f"{s.quantization_range} would overflow SecAgg+'s 32-bit sum; lower it"
             )
         if s.num_shares > train_nodes:
             problems.append(

@@ -31,6 +31,11 @@ def round_metrics(o: RoundOutcome) -> dict[str, float]:
         m[f"clients/{k}"] = v
     if o.decision is not None:
         m["gate/promoted"] = float(o.decision.promoted)
+    for k, v in o.privacy.items():
+        m[f"privacy/{k}"] = v
+    local = [c.metrics["dp-epsilon"] for c in o.train_clients if "dp-epsilon" in c.metrics]
+    if local:
+        m["privacy/local-epsilon-max"] = max(local)
     for c in o.train_clients:
         m[f"client/{c.pseudonym}/num_examples"] = c.num_examples
         for k, v in c.metrics.items():
@@ -79,6 +84,7 @@ def outcome_record(o: RoundOutcome, *, version: str | None) -> dict[str, Any]:
         "version": version,
         "skip_reason": o.skip_reason,
         "wall_time_s": o.wall_time,
+        "privacy": dict(o.privacy),
     }
 
 
@@ -117,4 +123,5 @@ def outcome_from_record(r: dict[str, Any]) -> RoundOutcome:
         decision=(Decision(Verdict(gate["decision"]), tuple(gate["reasons"])) if gate else None),
         wall_time=float(r["wall_time_s"]),
         skip_reason=r.get("skip_reason"),
+        privacy=r.get("privacy", {}),
     )

@@ -34,6 +34,9 @@ class Lineage:
     versions: dict[int, str] = field(default_factory=dict)
     champion: str | None = None
     champion_round: int | None = None
+    # Largest local-DP ε each client reported for a round whose model was registered: every
+    # later version descends from those updates, so it carries their privacy cost too.
+    local_epsilons: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,7 @@ class Lineage:
             "champion": self.champion,
             "champion_round": self.champion_round,
             "versions": {str(k): v for k, v in self.versions.items()},
+            "local_epsilons": dict(self.local_epsilons),
         }
 
     @classmethod
@@ -50,6 +54,7 @@ class Lineage:
             champion=d.get("champion"),
             champion_round=d.get("champion_round"),
             versions={int(k): str(v) for k, v in (d.get("versions") or {}).items()},
+            local_epsilons={str(k): float(v) for k, v in (d.get("local_epsilons") or {}).items()},
         )
 
 
@@ -122,6 +127,7 @@ class Registrar:
             "federator.gate.reasons": "; ".join(decision.reasons)[: io.TAG_LIMIT],
             "federator.val_accuracy": f"{ev.accuracy:.6f}",
             "federator.val_loss": f"{ev.loss:.6f}",
+            **self._privacy_tags(outcome),
         }
         name = plan.tracking.registered_model
         mv = self.client.create_model_version(
@@ -144,6 +150,31 @@ class Registrar:
         lin.versions[outcome.round] = version
         lin.parent_version = version
         return version, release
+
+    def _privacy_tags(self, outcome: RoundOutcome) -> dict[str, str]:
+        """``federator.privacy.*``: the protections, δ and the largest ε among the clients
+        whose updates this model descends from (local DP) and the central accountant's ε."""
+        p, lin = self.plan.privacy, self.lineage
+        for c in outcome.train_clients:
+            if "dp-epsilon" in c.metrics:
+                eps = float(c.metrics["dp-epsilon"])
+                lin.local_epsilons[c.pseudonym] = max(eps, lin.local_epsilons.get(c.pseudonym, 0))
+        modes = [
+            name
+            for name, on in (("local-dp", p.local), ("central-dp", p.central), ("secagg", p.secagg))
+            if on is not None
+        ]
+        tags = {"federator.privacy": "+".join(modes) or "none"}
+        if p.local is not None:
+            tags["federator.privacy.local.delta"] = f"{p.local.delta:g}"
+            if lin.local_epsilons:
+                tags["federator.privacy.local.max_epsilon"] = (
+                    f"{max(lin.local_epsilons.values()):.6f}"
+                )
+        if "central-epsilon" in outcome.privacy:
+            tags["federator.privacy.central.epsilon"] = f"{outcome.privacy['central-epsilon']:.6f}"
+            tags["federator.privacy.central.delta"] = f"{outcome.privacy['central-delta']:g}"
+        return tags
 
     def _release(
         self, outcome: RoundOutcome, *, version: int, folder: Path, artifact_path: str

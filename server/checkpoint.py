@@ -42,6 +42,8 @@ class Checkpoint:
     rounds: list[dict[str, Any]]
     metrics: Mapping[str, float]
     lineage: Mapping[str, Any] = field(default_factory=dict)
+    # The central DP accountant's state (Flower's `RdpAccountant.state_dict`), if any.
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
 
 def strategy_state(strategy: Strategy, attrs: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -77,6 +79,7 @@ def write_checkpoint(cp: Checkpoint, folder: Path) -> Path:
         "rounds": cp.rounds,
         "metrics": dict(cp.metrics),
         "lineage": dict(cp.lineage),
+        "privacy": dict(cp.privacy),
     }
     (folder / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
     return folder
@@ -100,4 +103,5 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         rounds=list(state["rounds"]),
         metrics=state["metrics"],
         lineage=state["lineage"],
+        privacy=state.get("privacy", {}),
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federator.client.tasks import Optimizer
 from federator.privacy.accounting import Accountant
+from federator.privacy.central import CentralClipping, ClippingSide
 from federator.simulations.partition import Partitioner
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -131,20 +132,6 @@ class LocalDpSection(_Section):
     accountant: Accountant = Accountant.RDP
 
 
-class CentralClipping(StrEnum):
-    """How updates are clipped for central DP (Flower's wrappers)."""
-
-    FIXED = "fixed"
-    ADAPTIVE = "adaptive"
-
-
-class ClippingSide(StrEnum):
-    """Where updates are clipped: by the server, or by each client before sending."""
-
-    SERVER = "server"
-    CLIENT = "client"
-
-
 class CentralDpSection(_Section):
     """Central DP: clip each update, add Gaussian noise to the aggregate (Flower's wrappers).
 
@@ -169,13 +156,17 @@ class SecAggSection(_Section):
     ``num_shares``: how many peers each client's secret is shared with (≥ 3);
     ``reconstruction_threshold``: how many shares rebuild it — the round survives dropouts as
     long as this many clients stay; ``clipping_range`` and ``quantization_range`` set the
-    fixed-point encoding of weights.
+    fixed-point encoding of updates (each update value must lie within ±clipping_range);
+    ``max_weight``: the most examples one client's update counts for (larger clients are
+    capped); ``timeout``: seconds per protocol stage, local training included (default: the
+    strategy's ``round_timeout``).
     """
 
     num_shares: Annotated[int, Field(ge=3)]
     reconstruction_threshold: Annotated[int, Field(ge=2)]
-    clipping_range: Annotated[float, Field(gt=0)] = 8.0
-    quantization_range: Annotated[int, Field(ge=2)] = 4_194_304
+    clipping_range: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 8.0
+    quantization_range: Annotated[int, Field(ge=2, lt=2**32)] = 4_194_304
+    max_weight: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1000.0
     timeout: Annotated[float, Field(gt=0)] | None = None
 
 

@@ -77,6 +77,8 @@ class RoundOutcome:
     wall_time: float
     skip_reason: str | None = None
     checkpoint: Checkpoint | None = field(default=None, repr=False)
+    # Central DP spent after this round (``central-epsilon``, ``central-delta``), if accounted.
+    privacy: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def participants(self) -> int:
@@ -107,6 +109,8 @@ class FederationSummary:
     champion_round: int | None = None
     champion_version: str | None = None
     ui_command: str | None = None
+    # Why the federation ended before its last round (e.g. the central DP budget), if it did.
+    stop_reason: str | None = None
 
     @property
     def completed(self) -> list[RoundOutcome]:

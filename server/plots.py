@@ -89,3 +89,30 @@ def plot_clients(outcomes: Sequence[RoundOutcome], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_privacy(outcomes: Sequence[RoundOutcome], path: Path) -> Path:
+    """ε spent over rounds: each client's local DP-SGD ε in this run (as the client reported
+    it) and the central DP accountant's ε, when the federation has them."""
+    plt = _pyplot()
+    series: dict[str, list[tuple[int, float]]] = {}
+    for o in outcomes:
+        for c in o.train_clients:
+            if "dp-epsilon" in c.metrics:
+                series.setdefault(c.pseudonym, []).append((o.round, c.metrics["dp-epsilon"]))
+    central = [(o.round, o.privacy["central-epsilon"]) for o in outcomes if o.privacy]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for pseudonym, points in sorted(series.items()):
+        ax.plot(*zip(*points, strict=True), marker=".", label=f"{pseudonym} (local)")
+    if central:
+        ax.plot(
+            *zip(*central, strict=True), marker="o", color="black", label="central (accountant)"
+        )
+    ax.set(title="Privacy spent (ε) over rounds", xlabel="round", ylabel="ε")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if 0 < len(series) + bool(central) <= 20:
+        ax.legend(fontsize="small", ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

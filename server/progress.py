@@ -111,6 +111,22 @@ def summary_table(s: FederationSummary) -> Table:
     else:
         t.add_row("champion", "none: no round passed the gate")
     t.add_row("model versions", str(len(s.versions)))
+    if s.stop_reason:
+        t.add_row("stopped early", s.stop_reason)
+    spent = next((o.privacy for o in reversed(s.outcomes) if o.privacy), None)
+    if spent and "central-epsilon" in spent:
+        t.add_row(
+            "central DP spent",
+            f"ε = {spent['central-epsilon']:.3f} at δ = {spent.get('central-delta', 0):g}",
+        )
+    local = [
+        c.metrics["dp-epsilon"]
+        for o in s.outcomes
+        for c in o.train_clients
+        if "dp-epsilon" in c.metrics
+    ]
+    if local:
+        t.add_row("local DP spent", f"largest ε of a client in this run: {max(local):.3f}")
     if s.run_id:
         t.add_row("MLflow run", s.run_id)
     if s.ui_command:

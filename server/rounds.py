@@ -18,6 +18,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExhausted
+from flwr.serverapp.strategy import Strategy
 
 from federator import FederationFailed
 from federator.client.instructions import (
@@ -28,6 +30,7 @@ from federator.client.instructions import (
 )
 from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
+from federator.privacy.central import CentralDp, ClippingSide, central_dp
 from federator.server._exchange import Exchange
 from federator.server.checkpoint import Checkpoint, load_strategy_state, strategy_state
 from federator.server.config import GateMetric
@@ -73,10 +76,13 @@ class ServerEvaluator:
 def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
     """The instructions every client receives for this plan (``run_id``: the MLflow run,
     which names the run in each node's privacy ledger)."""
-    d, t, local = plan.data, plan.training, plan.privacy.local
+    d, t, local, central = plan.data, plan.training, plan.privacy.local, plan.privacy.central
     return Instructions(
         federation=plan.name,
         run=run_id,
+        central_clipping=central.clipping
+        if central is not None and central.side is ClippingSide.CLIENT
+        else None,
         local_dp=None
         if local is None
         else LocalDpInstructions(
@@ -154,9 +160,13 @@ class Federation:
         self._node_timeout = node_timeout
         self._clock = clock
         self.gate = Gate(plan.gate)
-        self.strategy = Guarded(
-            plan.strategy.build(), seed=plan.seed, node_order=directory.order_key
-        )
+        self._base = plan.strategy.build()
+        central = plan.privacy.central
+        self.central: CentralDp | None = central_dp(self._base, central) if central else None
+        inner: Strategy = self.central.strategy if self.central else self._base
+        self.strategy = Guarded(inner, seed=plan.seed, node_order=directory.order_key)
+        # Why the federation ended before its last round (None: it did not).
+        self.stop_reason: str | None = None
         self._config = instructions_for(plan, run_id=run_id).to_config()
 
     def run(self, *, resume: Checkpoint | None = None) -> list[RoundOutcome]:
@@ -175,9 +185,9 @@ class Federation:
                 first_round=resume.round + 1,
             )
             self.gate.load_state_dict(resume.gate)
-            load_strategy_state(
-                self.strategy.inner, plan.strategy.spec.state_attrs, resume.strategy_state
-            )
+            load_strategy_state(self._base, plan.strategy.spec.state_attrs, resume.strategy_state)
+            if self.central is not None:
+                self.central.load_state_dict(dict(resume.privacy))
         started = FederationStarted(
             plan=plan,
             nodes=nodes,
@@ -198,7 +208,12 @@ class Federation:
     ) -> None:
         for rnd in range(state.first_round, self.plan.rounds + 1):
             self._exchanger.check()
-            outcome = self._round(rnd, state.arrays, server_side)
+            try:
+                outcome = self._round(rnd, state.arrays, server_side)
+            except CentralBudgetExhausted as err:
+                # Raised before any message of this round was sent: nothing was released.
+                self.stop_reason = f"round {rnd} would exceed the central DP budget: {err}"
+                return
             if outcome.status is RoundStatus.COMPLETED and outcome.arrays is not None:
                 state.arrays = outcome.arrays
                 state.consecutive_skips = 0
@@ -218,7 +233,8 @@ class Federation:
         return Checkpoint(
             round=rnd,
             arrays=state.arrays,
-            strategy_state=strategy_state(self.strategy.inner, self.plan.strategy.spec.state_attrs),
+            strategy_state=strategy_state(self._base, self.plan.strategy.spec.state_attrs),
+            privacy=self.central.state_dict() if self.central else {},
             gate=self.gate.state_dict(),
             consecutive_skips=state.consecutive_skips,
             rounds=[],
@@ -262,12 +278,25 @@ class Federation:
             return []
         return self._exchanger(messages, timeout=self.plan.strategy.round_timeout)
 
+    def _configure_train(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
+        try:
+            return list(
+                self.strategy.configure_train(rnd, arrays, self._fresh_config(), self._grid)
+            )
+        except ValueError as err:
+            if self.central is None or self.central.accountant is None:
+                raise
+            # Flower's accounted wrapper insists on the sample size it was planned with.
+            raise FederationFailed(
+                f"round {rnd}: central DP accounting cannot account this round: {err}"
+            ) from err
+
     def _round(self, rnd: int, arrays: ArrayRecord, server_side: Executor) -> RoundOutcome:
         t0 = self._clock()
         self._directory.refresh()
         s = self.strategy
         s.last_train = s.last_evaluate = None
-        train_msgs = list(s.configure_train(rnd, arrays, self._fresh_config(), self._grid))
+        train_msgs = self._configure_train(rnd, arrays)
         replies = self._exchange(train_msgs)
         skip_reason: str | None = None
         try:
@@ -296,6 +325,7 @@ class Federation:
             decision=None,
             wall_time=0.0,
             skip_reason=skip_reason,
+            privacy=self.central.spent() if self.central else {},
         )
         if skip_reason is not None or new_arrays is None:
             return replace(skipped, wall_time=self._clock() - t0)

@@ -117,7 +117,7 @@ def run_federation(
         # The last champion may have been signed after the last round: send it now.
         tracking.drain(on_wait=display.saving)
         channel.run()
-    report = tracking.finish(on_wait=display.saving)
+    report = tracking.finish(on_wait=display.saving, stop_reason=federation.stop_reason)
     champion = federation.gate.champion
     summary = FederationSummary(
         plan=plan,
@@ -128,6 +128,7 @@ def run_federation(
         champion_round=champion.round if champion else None,
         champion_version=report.champion_version,
         ui_command=report.ui_command,
+        stop_reason=federation.stop_reason,
     )
     display.summary(summary)
     return summary

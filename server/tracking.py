@@ -34,7 +34,7 @@ from federator.server.checkpoint import CHECKPOINT_TAG, Checkpoint, read_checkpo
 from federator.server.checkpoint import write_checkpoint as write_checkpoint_files
 from federator.server.events import FederationStarted, RoundOutcome, RoundStatus
 from federator.server.plan import FederationPlan
-from federator.server.plots import plot_clients, plot_rounds
+from federator.server.plots import plot_clients, plot_privacy, plot_rounds
 from federator.server.releases import DeliveryReport, ReleaseSigner, SignedRelease
 
 
@@ -181,9 +181,14 @@ class MlflowTracking:
         self._raise_if_failed()
 
     def finish(
-        self, *, failed: BaseException | None = None, on_wait: Callable[[int], None] | None = None
+        self,
+        *,
+        failed: BaseException | None = None,
+        on_wait: Callable[[int], None] | None = None,
+        stop_reason: str | None = None,
     ) -> TrackingReport:
-        """Queue the closing artifacts, drain every queued write, end the run.
+        """Queue the closing artifacts, drain every queued write, end the run (tagged with
+        ``stop_reason`` when the federation ended before its last round).
 
         Raises `TrackingError` if any write failed, listing what was not recorded.
         """
@@ -195,6 +200,12 @@ class MlflowTracking:
             else "FAILED"
         )
         self._submit("plots and round summary", self._log_summary)
+        if stop_reason:
+            reason = stop_reason[: io.TAG_LIMIT]
+            self._submit(
+                "stop reason",
+                lambda: self._client.set_tag(self.run_id, "federator.stopped_early", reason),
+            )
         self._submit("end run", lambda: self._client.set_terminated(self.run_id, status=status))
         failure = self._opened_worker().close(on_wait=on_wait)
         registrar = self._opened_registrar()
@@ -325,6 +336,10 @@ class MlflowTracking:
             folder.mkdir(exist_ok=True)
             plot_rounds(outcomes, folder / "accuracy.png")
             plot_clients(outcomes, folder / "client_accuracy.png")
+            if any(o.privacy for o in outcomes) or any(
+                "dp-epsilon" in c.metrics for o in outcomes for c in o.train_clients
+            ):
+                plot_privacy(outcomes, folder / "privacy_epsilon.png")
             self._client.log_artifacts(self.run_id, str(folder), artifact_path="plots")
         self._client.log_dict(self.run_id, {"rounds": self._records}, "federation/rounds.json")
         if self._deliveries:
