@@ -30,6 +30,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -99,16 +100,20 @@ def _set_weight(replies: Iterable[Message], value: str | None) -> list[Message]:
 
 
 class UniformWeights(Strategy):
-    """Average training updates with equal weights (the noise assumes it).
+    """Average training updates with equal weights over exactly the sampled clients.
 
-    The wrapped FedAvg-family strategy is told to weight by `UNIFORM_WEIGHT`; training
-    replies get weight 1, evaluation replies keep their example counts, so evaluation
-    metrics stay example-weighted.
+    The noise is calibrated to a sensitivity of C/n for n = ``sampled`` clients: an average
+    over fewer updates (a client dropped out or was rejected) would have a larger sensitivity
+    than the noise covers, so such a round is not aggregated — `AggregationError`, and the
+    round loop skips the round with that reason. The wrapped FedAvg-family strategy is told to
+    weight by `UNIFORM_WEIGHT`; training replies get weight 1, evaluation replies keep their
+    example counts, so evaluation metrics stay example-weighted.
     """
 
-    def __init__(self, inner: Strategy, *, base: FedAvg) -> None:
+    def __init__(self, inner: Strategy, *, base: FedAvg, sampled: int) -> None:
         base.weighted_by_key = UNIFORM_WEIGHT
         self.inner = inner
+        self.sampled = sampled
 
     def summary(self) -> None:
         self.inner.summary()
@@ -121,6 +126,13 @@ class UniformWeights(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        good = sum(not r.has_error() for r in replies)
+        if good != self.sampled:
+            raise AggregationError(
+                f"central DP: {good} of the {self.sampled} sampled clients sent an acceptable "
+                f"update, and the noise is calibrated for an average over {self.sampled}"
+            )
         return self.inner.aggregate_train(server_round, _set_weight(replies, None))
 
     def configure_evaluate(
@@ -202,7 +214,7 @@ def central_dp(base: Strategy, settings: CentralDpSettings) -> CentralDp:
             clip_norm_lr=s.clip_norm_lr,
             clipped_count_stddev=s.clipped_count_stddev,
         )
-    return CentralDp(strategy=UniformWeights(wrapper, base=base), accountant=accountant)
+    return CentralDp(strategy=UniformWeights(wrapper, base=base, sampled=n), accountant=accountant)
 
 
 CLIPPING_MODS = {

@@ -245,3 +245,21 @@ def test_central_dp_with_a_non_averaging_strategy_is_a_config_error(
     raw["strategy"] = {"name": strategy}
     with pytest.raises(ConfigError, match="noise is calibrated for a mean"):
         plan_with(raw, rounds=1, noise_multiplier=1.0, clipping_norm=1.0)
+
+
+def test_a_missing_update_skips_the_round_instead_of_under_noising(
+    raw_config: dict[str, Any],
+) -> None:
+    handlers = client_handlers(4)
+    silent = next(iter(handlers))
+    original = handlers[silent]
+    handlers[silent] = lambda m: original(m) if m.metadata.message_type == "query" else None
+    fed, rec = federation(
+        plan_with(raw_config, rounds=1, noise_multiplier=1.0, clipping_norm=1.0),
+        FakeGrid(handlers),
+    )
+    fed.run()
+    outcome = rec.rounds[0]
+    assert outcome.status is RoundStatus.SKIPPED
+    assert outcome.skip_reason is not None
+    assert "3 of the 4 sampled clients" in outcome.skip_reason
