@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from federator import FederatorError, ReleaseRefused, __version__
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
+from federator.client._secagg import secagg_client_mods, secagg_handler
 from federator.client.instructions import Instructions, read_instructions
 from federator.client.node import (
     dp_noise_seed,
@@ -31,6 +32,7 @@ from federator.client.node import (
 from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
+from federator.privacy._secagg_client import SECAGG_ACTION
 from federator.privacy.central import client_clipping
 from federator.simulations.partition import ClientData, client_data
 from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY, NUM_EXAMPLES
@@ -218,6 +220,7 @@ def build_client_app() -> ClientApp:
     """A ClientApp wired to the handlers above."""
     app = ClientApp()
     app.train()(_refusing(train))
+    app.train(SECAGG_ACTION, mods=secagg_client_mods(refused_code=REFUSED))(secagg_handler(train))
     app.evaluate()(_refusing(evaluate))
     app.query()(_refusing(hello))
     app.query(RELEASE_ACTION)(_refusing(release))

@@ -32,6 +32,7 @@ from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.privacy.central import CentralDp, ClippingSide, central_dp
 from federator.server._exchange import Exchange
+from federator.server._secagg_round import SecAggTraining
 from federator.server.checkpoint import Checkpoint, load_strategy_state, strategy_state
 from federator.server.config import GateMetric
 from federator.server.events import (
@@ -168,6 +169,17 @@ class Federation:
         # Why the federation ended before its last round (None: it did not).
         self.stop_reason: str | None = None
         self._config = instructions_for(plan, run_id=run_id).to_config()
+        self._secagg = (
+            SecAggTraining(
+                plan.privacy.secagg,
+                grid=grid,
+                exchange=self._exchanger,
+                directory=directory,
+                round_timeout=plan.strategy.round_timeout,
+            )
+            if plan.privacy.secagg is not None
+            else None
+        )
 
     def run(self, *, resume: Checkpoint | None = None) -> list[RoundOutcome]:
         """Wait for nodes, then run every round (after ``resume``'s, when given); returns
@@ -297,12 +309,16 @@ class Federation:
         s = self.strategy
         s.last_train = s.last_evaluate = None
         train_msgs = self._configure_train(rnd, arrays)
-        replies = self._exchange(train_msgs)
         skip_reason: str | None = None
-        try:
-            new_arrays, train_metrics = s.aggregate_train(rnd, replies)
-        except (AggregationError, InconsistentMessageReplies) as err:
-            new_arrays, train_metrics, skip_reason = None, None, f"aggregation failed: {err}"
+        if self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
+            trained = self._secagg(rnd, arrays, train_msgs)
+            new_arrays, train_metrics = trained.arrays, trained.metrics
+            skip_reason, s.last_train = trained.skip_reason, trained.screened
+        else:
+            try:
+                new_arrays, train_metrics = s.aggregate_train(rnd, self._exchange(train_msgs))
+            except (AggregationError, InconsistentMessageReplies) as err:
+                new_arrays, train_metrics, skip_reason = None, None, f"aggregation failed: {err}"
         accepted = len(s.last_train.accepted) if s.last_train else 0
         if skip_reason is None and (
             new_arrays is None or accepted < self.plan.strategy.min_replies

@@ -34,9 +34,9 @@ from federator.server.plan import build_plan
             "secure aggregation hides",
         ),
         (
-            {"secagg": {"num_shares": 3, "reconstruction_threshold": 4}},
+            {"secagg": {"num_shares": 3, "reconstruction_threshold": 3}},
             "fedavg",
-            "more than num_shares",
+            "less than num_shares",
         ),
     ],
 )

@@ -1,0 +1,368 @@
+"""SecAgg+ secure aggregation: the coordinator learns the weighted mean of the updates, not one.
+
+SecAgg+ (Bell, Bonawitz, Gascón, Lepoint, Raykova, "Secure Single-Server Aggregation with
+(Poly)Logarithmic Overhead", CCS 2020) masks every client's quantised update with pairwise
+masks shared with its ``num_shares - 1`` neighbours plus a private mask; the masks cancel in the
+sum, and Shamir shares of the mask seeds (any ``reconstruction_threshold`` of them rebuild a
+seed) let the server remove the masks of clients that dropped out. Flower 1.42 implements it
+only in its legacy API (`flwr.server.workflow.SecAggPlusWorkflow` + `secaggplus_mod`); this
+module and `federator.privacy._secagg_client` are the only places Federator touches that API.
+
+`run_secagg_round` runs the four protocol stages (setup, share keys, collect masked vectors,
+unmask) once, over nodes the caller sampled, from Federator's own Message-API round loop.
+What the server learns: the dequantised weighted mean of the survivors' vectors, each
+survivor's weight (number of examples, capped at ``max_weight``) and its plaintext metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
+from flwr.server import LegacyContext
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from federator.privacy._secagg_client import (
+    CLIPPING_KEY,
+    KEYS_KEY,
+    MAX_WEIGHT_KEY,
+    SECAGG_ACTION,
+    SECAGG_MESSAGE_TYPE,
+    fitres_reply,
+    read_fitins,
+    secagg_mods,
+)
+
+MODULUS_RANGE = 2**32  # Flower's default; masks are drawn from [0, 2**32)
+
+
+class SendReceive(Protocol):
+    """Push messages and collect the replies that arrive within ``timeout`` seconds
+    (`federator.server._exchange.Exchange` is one: interruptible between polls)."""
+
+    def __call__(self, messages: Iterable[Message], *, timeout: float) -> list[Message]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggParams:
+    """Protocol parameters. ``timeout`` bounds every stage, including local training (which
+    runs inside "collect masked vectors"). A client's weight is ``min(num_examples,
+    max_weight)``; its update must lie within ±``clipping_range`` (the fixed-point encoding)."""
+
+    num_shares: int
+    reconstruction_threshold: int
+    clipping_range: float
+    quantization_range: int
+    max_weight: float
+    timeout: float
+
+    def tolerance(self, *, survivors: int, total_weight: float) -> float:
+        """Largest error stochastic quantisation can put in one entry of the mean: each of
+        ``survivors`` vectors is rounded by less than one step (2·clipping/quantization) after
+        scaling by weight/max_weight, and the sum is divided by Σ weight/max_weight."""
+        step = 2 * self.clipping_range / self.quantization_range
+        return survivors * step * self.max_weight / total_weight
+
+
+@dataclass(frozen=True, kw_only=True)
+class Survivor:
+    """A client whose masked vector is in the sum: its weight and plaintext metrics."""
+
+    node_id: int
+    weight: int
+    metrics: Mapping[str, Scalar]
+    reply: Message = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggResult:
+    """One SecAgg+ round. ``mean`` is the weighted mean of the survivors' vectors (float64,
+    in the order sent), or ``None`` when the round aborted (``abort_reason`` says why).
+    ``dropped``: sampled nodes whose vector is not in the sum, with what happened."""
+
+    mean: tuple[np.ndarray, ...] | None
+    survivors: tuple[Survivor, ...]
+    dropped: Mapping[int, str]
+    abort_reason: str | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self.mean is None
+
+
+def _gist(reason: str | None, limit: int = 300) -> str:
+    """The message of a client's error without the traceback Flower wraps around it."""
+    text = (reason or "unknown error").strip()
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    text = " ".join(text.split()).rstrip("'>").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _StageGrid(Grid):
+    """The grid the workflow sees: every message goes to the ``train.secagg`` action with
+    ``ttl`` equal to the stage timeout, through ``exchange``; replies are recorded per node.
+
+    Flower builds the stage messages with its default 12 h TTL: a message whose stage already
+    timed out would still be delivered later and, say, re-run "setup" on that client in the
+    middle of the next round. With ttl = timeout the SuperLink drops it once expired (and the
+    client's expiry mod refuses it if it was already delivered).
+    """
+
+    def __init__(self, grid: Grid, exchange: SendReceive, timeout: float) -> None:
+        self._grid = grid
+        self._exchange = exchange
+        self._timeout = timeout
+        self.stage = ""
+        self.masked: dict[int, Message] = {}  # node → its "collect masked vectors" reply
+        self.dropped: dict[int, str] = {}
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        sent = list(messages)
+        for msg in sent:
+            msg.metadata.ttl = self._timeout
+            msg.metadata.message_type = SECAGG_MESSAGE_TYPE
+            self.stage = str(msg.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+        replies = self._exchange(sent, timeout=self._timeout)
+        by_node = {r.metadata.src_node_id: r for r in replies}
+        for msg in sent:
+            node = msg.metadata.dst_node_id
+            reply = by_node.get(node)
+            if reply is None:
+                self.dropped.setdefault(node, f"no reply within {self._timeout:g} s ({self.stage})")
+            elif reply.has_error():
+                self.dropped.setdefault(node, f"{_gist(reply.error.reason)} ({self.stage})")
+            elif self.stage == Stage.COLLECT_MASKED_VECTORS:
+                self.masked[node] = reply
+        return replies
+
+
+class _OneRound(Strategy):
+    """The legacy strategy the workflow calls: our sampled nodes, one FitIns, and the
+    aggregate kept (the workflow hands ``aggregate_fit`` the unmasked weighted mean as
+    every result's parameters, and calls it only when all four stages succeeded)."""
+
+    def __init__(self, proxies: Sequence[ClientProxy], fitins: FitIns) -> None:
+        self._proxies = list(proxies)
+        self._fitins = fitins
+        self.results: list[tuple[ClientProxy, FitRes]] | None = None
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return [(proxy, self._fitins) for proxy in self._proxies]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self.results = list(results)
+        return (results[0][1].parameters if results else None), {}
+
+    def configure_evaluate(  # type: ignore[no-untyped-def]
+        self, server_round, parameters, client_manager
+    ):
+        return []
+
+    def aggregate_evaluate(  # type: ignore[no-untyped-def]
+        self, server_round, results, failures
+    ):
+        return None, {}
+
+    def evaluate(  # type: ignore[no-untyped-def]
+        self, server_round, parameters
+    ):
+        return None
+
+
+class DropoutTolerantSecAggPlusWorkflow(SecAggPlusWorkflow):
+    """Flower's `SecAggPlusWorkflow` that survives dropouts in the first two stages.
+
+    This is OUR patch, not upstream Flower. In stock 1.42 a node that drops during "setup" or
+    "share keys" stays in ``sampled_node_ids``; "unmask" then reports it as dead to its
+    neighbours, who hold no share of its key (it never sent them any) and fail, so the whole
+    round aborts however many nodes remain. Such a node never sent a masked vector nor took
+    part in anyone's pairwise masks, so it is forgotten after each of those stages, as the
+    protocol of Bell et al. intends. Dropouts in the last two stages are handled by Flower.
+    """
+
+    @staticmethod
+    def _forget_dropped(state: WorkflowState) -> None:
+        alive = set(state.active_node_ids)
+        state.sampled_node_ids = alive
+        state.nid_to_neighbours = {
+            nid: nbrs & alive for nid, nbrs in state.nid_to_neighbours.items() if nid in alive
+        }
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        ok = bool(super().setup_stage(grid, context, state))
+        if ok:
+            self._forget_dropped(state)
+        return ok
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        ok = bool(super().share_keys_stage(grid, context, state))
+        if ok:
+            self._forget_dropped(state)
+        return ok
+
+
+def _abort_reason(stage: str, answered: int, sampled: int, params: SecAggParams) -> str:
+    return (
+        f"secure aggregation aborted in stage {stage or 'setup'}: {answered} of {sampled} "
+        f"sampled clients still took part; every client needs "
+        f"{params.reconstruction_threshold} live clients among its {params.num_shares} "
+        "neighbours (reconstruction threshold)"
+    )
+
+
+def run_secagg_round(
+    *,
+    grid: Grid,
+    exchange: SendReceive,
+    server_round: int,
+    node_ids: Sequence[int],
+    arrays: Sequence[np.ndarray],
+    keys: Sequence[str],
+    config: Mapping[str, Scalar],
+    params: SecAggParams,
+) -> SecAggResult:
+    """One SecAgg+ round over ``node_ids``: each trains from ``arrays`` (named ``keys``) with
+    ``config`` and contributes its update ``local − arrays``; returns their weighted mean.
+
+    Never raises because clients dropped: too few survivors give an aborted result. A
+    protocol error (a malformed masked vector, a share that does not combine) also aborts,
+    with the error as the reason.
+    """
+    full_config = dict(config) | {
+        KEYS_KEY: "\n".join(keys),
+        CLIPPING_KEY: params.clipping_range,
+        MAX_WEIGHT_KEY: params.max_weight,
+    }
+    proxies = [GridClientProxy(node_id=n, grid=grid, run_id=grid.run.run_id) for n in node_ids]
+    fitins = FitIns(ndarrays_to_parameters(list(arrays)), full_config)
+    strategy = _OneRound(proxies, fitins)
+    context = LegacyContext(
+        Context(
+            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        ),
+        strategy=strategy,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: server_round}
+    )
+    context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
+        fitins.parameters, keep_input=True
+    )
+    workflow = DropoutTolerantSecAggPlusWorkflow(
+        num_shares=params.num_shares,
+        reconstruction_threshold=params.reconstruction_threshold,
+        max_weight=params.max_weight,
+        clipping_range=params.clipping_range,
+        quantization_range=params.quantization_range,
+        modulus_range=MODULUS_RANGE,
+        timeout=params.timeout,
+    )
+    stage_grid = _StageGrid(grid, exchange, params.timeout)
+    error: str | None = None
+    try:
+        workflow(stage_grid, context)
+    except (ValueError, KeyError, TypeError, IndexError) as err:  # a client broke the protocol
+        error = f"secure aggregation failed in stage {stage_grid.stage}: {err!r}"
+    results = strategy.results if error is None else None
+    dropped = {n: r for n, r in stage_grid.dropped.items() if n not in stage_grid.masked}
+    if not results:
+        answered = len(node_ids) - len(stage_grid.dropped)
+        return SecAggResult(
+            mean=None,
+            survivors=(),
+            dropped=stage_grid.dropped,
+            abort_reason=error or _abort_reason(stage_grid.stage, answered, len(node_ids), params),
+        )
+    mean = tuple(parameters_to_ndarrays(results[0][1].parameters))
+    survivors = tuple(
+        sorted(
+            (
+                Survivor(
+                    node_id=proxy.node_id,
+                    weight=res.num_examples,
+                    metrics=dict(res.metrics),
+                    reply=stage_grid.masked[proxy.node_id],
+                )
+                for proxy, res in results
+            ),
+            key=lambda s: s.node_id,
+        )
+    )
+    return SecAggResult(mean=mean, survivors=survivors, dropped=dropped)
+
+
+__all__ = [
+    "MODULUS_RANGE",
+    "SECAGG_ACTION",
+    "SECAGG_MESSAGE_TYPE",
+    "DropoutTolerantSecAggPlusWorkflow",
+    "SecAggParams",
+    "SecAggResult",
+    "SendReceive",
+    "Survivor",
+    "fitres_reply",
+    "read_fitins",
+    "run_secagg_round",
+    "secagg_mods",
+]
