@@ -163,3 +163,41 @@ def privacy_plan(cfg: FederationConfig, *, train_nodes: int) -> PrivacyPlan:
         central=_central(p.central, cfg.data.clients, train_nodes) if p.central else None,
         secagg=_secagg(p.secagg) if p.secagg else None,
     )
+
+
+def describe_privacy(
+    plan: PrivacyPlan, *, typical_examples: int, batch_size: int, epochs: int
+) -> list[str]:
+    """Human-readable lines for ``federator validate`` (σ shown for a client with
+    ``typical_examples`` training examples; each client computes its own)."""
+    lines: list[str] = []
+    if (loc := plan.local) is not None:
+        charge = loc.round_charge(
+            num_examples=typical_examples, batch_size=batch_size, epochs=epochs
+        )
+        lines.append(
+            f"local DP-SGD: ε ≤ {loc.target_epsilon} at δ = {loc.delta:g} per client over "
+            f"{loc.rounds} round(s) ({loc.accountant.value} accountant), clip "
+            f"{loc.max_grad_norm}; a client with {typical_examples} examples trains with "
+            f"σ = {charge.noise_multiplier:.3f}, sampling rate {charge.sample_rate:.4f}, "
+            f"{charge.steps} steps per round; each node's own budget still applies"
+        )
+    if (c := plan.central) is not None:
+        how = f"{c.clipping.value} clipping at {c.clipping_norm} on the {c.side.value} side"
+        budget = (
+            f"accounted at δ = {c.delta:g}, stops before ε > {c.max_epsilon}"
+            if c.delta is not None and c.max_epsilon is not None
+            else f"accounted at δ = {c.delta:g}, no limit"
+            if c.delta is not None
+            else "not accounted (set delta to track ε)"
+        )
+        lines.append(
+            f"central DP: {how}, noise σ = {c.noise_multiplier} over "
+            f"{c.sampled_per_round} equally weighted updates; {budget}"
+        )
+    if (s := plan.secagg) is not None:
+        lines.append(
+            f"SecAgg+: {s.num_shares} shares, any {s.reconstruction_threshold} reconstruct; "
+            "the coordinator sees only the sum of updates"
+        )
+    return lines or ["none: updates leave the nodes as trained (see docs/privacy.md)"]

@@ -143,6 +143,7 @@ def _import_path_for(config: str) -> None:
 
 
 def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
+    from federator.server._privacy_plan import describe_privacy
     from federator.server.datacheck import check_data
     from federator.server.plan import load_plan
 
@@ -189,6 +190,13 @@ def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
         f"{t.optimizer.value} lr {t.lr}{extra}, weight decay "
         f"{t.weight_decay}" + (f", FedProx μ {t.proximal_mu}" if t.proximal_mu else ""),
     )
+    privacy = describe_privacy(
+        plan.privacy,
+        typical_examples=trains[len(trains) // 2],
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+    )
+    table.add_row("privacy", "\n".join(privacy))
     table.add_row("rounds", f"{plan.rounds} (seed {plan.seed})")
     op = "≥" if g.metric.value == "accuracy" else "≤"
     spread = (

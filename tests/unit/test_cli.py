@@ -61,6 +61,28 @@ def test_validate_prints_the_resolved_plan(config_file: Path) -> None:
     assert not (config_file.parent / "runs").exists()  # validate creates no store
 
 
+def test_validate_shows_the_privacy_plan(config_file: Path) -> None:
+    from federator.privacy import Accountant, noise_multiplier
+
+    path = config_file
+    path.write_text(
+        path.read_text()
+        + "[privacy.local]\ntarget_epsilon = 3.0\ndelta = 1e-4\nmax_grad_norm = 1.0\n"
+        + "[privacy.central]\nnoise_multiplier = 1.0\nclipping_norm = 2.0\nside = 'client'\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    # 288 training examples, batch 32 (defaults): q = 1/9, 9 steps a round, 2 rounds.
+    sigma = noise_multiplier(
+        3.0, delta=1e-4, sample_rate=1 / 9, steps=18, accountant=Accountant.RDP
+    )
+    assert f"σ = {sigma:.3f}, sampling rate 0.1111, 9 steps per round" in out
+    assert "local DP-SGD: ε ≤ 3.0 at δ = 0.0001 per client over 2 round(s)" in out
+    assert "fixed clipping at 2.0 on the client side" in out
+    assert "not accounted" in out
+
+
 def test_validate_bad_override_exits_2_and_names_it(config_file: Path) -> None:
     result = runner.invoke(app, ["validate", str(config_file), "--clients", "0"])
     assert result.exit_code == 2
