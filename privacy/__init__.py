@@ -10,6 +10,14 @@
 """
 
 from federator.privacy.accounting import ACCOUNTANTS, Accountant, Charge, epsilon, noise_multiplier
+from federator.privacy.audit import (
+    AuditResult,
+    CanaryAudit,
+    audit,
+    canary_scores,
+    clopper_pearson,
+    epsilon_lower_bound,
+)
 from federator.privacy.central import (
     CentralClipping,
     CentralDp,
@@ -30,6 +38,8 @@ from federator.privacy.policy import (
 __all__ = [
     "ACCOUNTANTS",
     "Accountant",
+    "AuditResult",
+    "CanaryAudit",
     "CentralClipping",
     "CentralDp",
     "CentralDpSettings",
@@ -41,12 +51,16 @@ __all__ = [
     "NodePrivacyPolicy",
     "PrivacyLedger",
     "Spend",
+    "audit",
     "authorize",
+    "canary_scores",
     "central_dp",
     "check_loader",
     "check_model",
+    "clopper_pearson",
     "dataset_fingerprint",
     "epsilon",
+    "epsilon_lower_bound",
     "make_private",
     "noise_multiplier",
     "refuse_non_private",
