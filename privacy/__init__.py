@@ -6,6 +6,7 @@
   (`NodePrivacyPolicy`); `authorize` checks both and records the spend before training.
 * `dpsgd`: Opacus wiring with the checks that keep its accounting true.
 * `central`: Flower's central-DP wrappers built from a federation config.
+* `secagg`: SecAgg+ secure aggregation (Flower's legacy workflow, the only legacy-API user).
 * `audit`: an empirical lower bound on ε (Clopper–Pearson) to test the claims above.
 """
 
@@ -34,6 +35,12 @@ from federator.privacy.policy import (
     authorize,
     refuse_non_private,
 )
+from federator.privacy.secagg import (
+    DropoutTolerantSecAggPlusWorkflow,
+    SecAggParams,
+    SecAggResult,
+    run_secagg_round,
+)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -46,10 +53,13 @@ __all__ = [
     "Charge",
     "ClippingSide",
     "DpSgd",
+    "DropoutTolerantSecAggPlusWorkflow",
     "LedgerEntry",
     "LocalDpTarget",
     "NodePrivacyPolicy",
     "PrivacyLedger",
+    "SecAggParams",
+    "SecAggResult",
     "Spend",
     "audit",
     "authorize",
@@ -64,4 +74,5 @@ __all__ = [
     "make_private",
     "noise_multiplier",
     "refuse_non_private",
+    "run_secagg_round",
 ]

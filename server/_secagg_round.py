@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common import Scalar
 from flwr.serverapp import Grid
 
 from federator.privacy.secagg import SecAggParams, SecAggResult, SendReceive, run_secagg_round
@@ -54,7 +53,7 @@ def apply_mean(arrays: ArrayRecord, mean: Sequence[np.ndarray]) -> ArrayRecord:
     return ArrayRecord(out)
 
 
-def _scalars(metrics: Mapping[str, Scalar]) -> dict[str, float]:
+def _scalars(metrics: Mapping[str, object]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in metrics.items()
@@ -62,7 +61,7 @@ def _scalars(metrics: Mapping[str, Scalar]) -> dict[str, float]:
     }
 
 
-def _num_examples(metrics: Mapping[str, Scalar], weight: int) -> int:
+def _num_examples(metrics: Mapping[str, object], weight: int) -> int:
     raw = metrics.get(NUM_EXAMPLES)
     return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else weight
 
