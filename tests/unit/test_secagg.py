@@ -295,3 +295,73 @@ def test_flowers_legacy_api_is_used_in_the_secagg_modules_only() -> None:
         and any(marker in path.read_text() for marker in legacy)
     }
     assert users == {"privacy/secagg.py", "privacy/_secagg_client.py"}
+
+
+def test_the_round_loop_skips_an_aborted_round_and_registers_survivors_only(
+    raw_config: dict[str, Any],
+) -> None:
+    from fakes import FakeGrid, VirtualClock
+
+    from federator.server._exchange import Exchange
+    from federator.server.events import RoundStatus
+    from federator.server.nodes import NodeDirectory
+    from federator.server.rounds import Federation, ServerEvaluator
+    from federator.simulations.partition import client_data, server_holdout
+
+    raw = copy.deepcopy(raw_config)
+    raw["federation"]["rounds"] = 3
+    raw["data"]["clients"] = 3
+    raw["privacy"] = {"secagg": {"num_shares": 3, "reconstruction_threshold": 2}}
+    plan = build_plan(raw, source="test")
+    silent = {"1": {102}, "2": {101, 102}}  # round → nodes that never send a masked vector
+
+    def handler(node: int) -> Any:
+        ctx = client_context(node - 100, 3, node)
+
+        def handle(msg: Message) -> Message | None:
+            if msg.metadata.message_type == "train.secagg":
+                stage = msg.content.config_records["secaggplus_configs"]["stage"]
+                if stage == "collect_masked_vectors" and node in silent.get(
+                    msg.metadata.group_id, set()
+                ):
+                    return None
+            return client.app(copy.deepcopy(msg), ctx)
+
+        return handle
+
+    class Grid(FakeGrid):
+        run = SimpleNamespace(run_id=1)
+
+    grid = Grid({n: handler(n) for n in (100, 101, 102)})
+    clock = VirtualClock()
+    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
+    outcomes = Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=NodeDirectory(grid, salt="t", exchange=exchange),
+        observers=[],
+        exchange=exchange,
+    ).run()
+    assert [o.status for o in outcomes] == [
+        RoundStatus.COMPLETED,
+        RoundStatus.SKIPPED,
+        RoundStatus.COMPLETED,
+    ]
+    first, aborted, last = outcomes
+    sizes = sorted(len(client_data(plan.data, p).train) for p in (0, 1))
+    assert sorted(c.num_examples for c in first.train_clients) == sizes
+    assert [r.phase for r in first.refusals] == ["train"]
+    assert "SecAgg+ dropout" in first.refusals[0].reason
+    assert "train-loss" in first.train_metrics
+    assert aborted.arrays is None
+    assert aborted.decision is None
+    assert aborted.skip_reason is not None
+    assert "secure aggregation aborted" in aborted.skip_reason
+    assert len(aborted.refusals) == 2
+    assert last.participants == 3
+    assert all(s.checkpoint is not None for s in outcomes)
+    assert aborted.checkpoint is not None
+    assert first.arrays is not None
+    for key, value in first.arrays.items():  # the skipped round left the model as it was
+        np.testing.assert_array_equal(aborted.checkpoint.arrays[key].numpy(), value.numpy())
