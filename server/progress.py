@@ -223,6 +223,7 @@ class LogProgress:
 
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self._log = log or _flwr_info
+        self._last_pending = -1
 
     def on_waiting(self, connected: int, needed: int) -> None:
         self._log(f"waiting for nodes: {connected}/{needed} connected")
@@ -247,7 +248,9 @@ class LogProgress:
         """Nothing to tear down."""
 
     def saving(self, pending: int) -> None:
-        self._log(f"saving to MLflow: {pending} write(s) left")
+        if pending != self._last_pending:  # called every poll: say it only when it changes
+            self._last_pending = pending
+            self._log(f"saving to MLflow: {pending} write(s) left")
 
     def on_release(self, report: DeliveryReport) -> None:
         self._log(release_line(report))

@@ -174,3 +174,15 @@ def test_bundled_config_by_path_does_not_shadow_installed_packages() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "valid" in result.stdout
+
+
+def test_log_progress_reports_pending_writes_only_when_they_change() -> None:
+    lines: list[str] = []
+    progress = LogProgress(lines.append)
+    for pending in (4, 4, 4, 2, 2, 0):
+        progress.saving(pending)
+    assert lines == [
+        "saving to MLflow: 4 write(s) left",
+        "saving to MLflow: 2 write(s) left",
+        "saving to MLflow: 0 write(s) left",
+    ]
