@@ -6,7 +6,8 @@ masks shared with its ``num_shares - 1`` neighbours plus a private mask; the mas
 sum, and Shamir shares of the mask seeds (any ``reconstruction_threshold`` of them rebuild a
 seed) let the server remove the masks of clients that dropped out. Flower 1.42 implements it
 only in its legacy API (`flwr.server.workflow.SecAggPlusWorkflow` + `secaggplus_mod`); this
-module and `federator.privacy._secagg_client` are the only places Federator touches that API.
+module and its private parts (`_secagg_server`, `_secagg_client`) are the only places
+Federator touches that API.
 
 `run_secagg_round` runs the four protocol stages (setup, share keys, collect masked vectors,
 unmask) once, over nodes the caller sampled, from Federator's own Message-API round loop.
@@ -16,33 +17,25 @@ survivor's weight (number of examples, capped at ``max_weight``) and its plainte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import (
     FitIns,
-    FitRes,
-    Parameters,
     Scalar,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
 from flwr.server import LegacyContext
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from federator.privacy._secagg_client import (
     CLIPPING_KEY,
@@ -54,15 +47,9 @@ from federator.privacy._secagg_client import (
     read_fitins,
     secagg_mods,
 )
+from federator.privacy._secagg_server import OneRound, SendReceive, StageGrid
 
 MODULUS_RANGE = 2**32  # Flower's default; masks are drawn from [0, 2**32)
-
-
-class SendReceive(Protocol):
-    """Push messages and collect the replies that arrive within ``timeout`` seconds
-    (`federator.server._exchange.Exchange` is one: interruptible between polls)."""
-
-    def __call__(self, messages: Iterable[Message], *, timeout: float) -> list[Message]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,124 +97,6 @@ class SecAggResult:
     @property
     def aborted(self) -> bool:
         return self.mean is None
-
-
-def _gist(reason: str | None, limit: int = 300) -> str:
-    """The message of a client's error without the traceback Flower wraps around it."""
-    text = (reason or "unknown error").strip()
-    if "Message: " in text:
-        text = text.rsplit("Message: ", 1)[1]
-    text = " ".join(text.split()).rstrip("'>").strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _StageGrid(Grid):
-    """The grid the workflow sees: every message goes to the ``train.secagg`` action with
-    ``ttl`` equal to the stage timeout, through ``exchange``; replies are recorded per node.
-
-    Flower builds the stage messages with its default 12 h TTL: a message whose stage already
-    timed out would still be delivered later and, say, re-run "setup" on that client in the
-    middle of the next round. With ttl = timeout the SuperLink drops it once expired (and the
-    client's expiry mod refuses it if it was already delivered).
-    """
-
-    def __init__(self, grid: Grid, exchange: SendReceive, timeout: float) -> None:
-        self._grid = grid
-        self._exchange = exchange
-        self._timeout = timeout
-        self.stage = ""
-        self.masked: dict[int, Message] = {}  # node → its "collect masked vectors" reply
-        self.dropped: dict[int, str] = {}
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        sent = list(messages)
-        for msg in sent:
-            msg.metadata.ttl = self._timeout
-            msg.metadata.message_type = SECAGG_MESSAGE_TYPE
-            self.stage = str(msg.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
-        replies = self._exchange(sent, timeout=self._timeout)
-        by_node = {r.metadata.src_node_id: r for r in replies}
-        for msg in sent:
-            node = msg.metadata.dst_node_id
-            reply = by_node.get(node)
-            if reply is None:
-                self.dropped.setdefault(node, f"no reply within {self._timeout:g} s ({self.stage})")
-            elif reply.has_error():
-                self.dropped.setdefault(node, f"{_gist(reply.error.reason)} ({self.stage})")
-            elif self.stage == Stage.COLLECT_MASKED_VECTORS:
-                self.masked[node] = reply
-        return replies
-
-
-class _OneRound(Strategy):
-    """The legacy strategy the workflow calls: our sampled nodes, one FitIns, and the
-    aggregate kept (the workflow hands ``aggregate_fit`` the unmasked weighted mean as
-    every result's parameters, and calls it only when all four stages succeeded)."""
-
-    def __init__(self, proxies: Sequence[ClientProxy], fitins: FitIns) -> None:
-        self._proxies = list(proxies)
-        self._fitins = fitins
-        self.results: list[tuple[ClientProxy, FitRes]] | None = None
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return None
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
-        return [(proxy, self._fitins) for proxy in self._proxies]
-
-    def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        self.results = list(results)
-        return (results[0][1].parameters if results else None), {}
-
-    def configure_evaluate(  # type: ignore[no-untyped-def]
-        self, server_round, parameters, client_manager
-    ):
-        return []
-
-    def aggregate_evaluate(  # type: ignore[no-untyped-def]
-        self, server_round, results, failures
-    ):
-        return None, {}
-
-    def evaluate(  # type: ignore[no-untyped-def]
-        self, server_round, parameters
-    ):
-        return None
 
 
 class DropoutTolerantSecAggPlusWorkflow(SecAggPlusWorkflow):
@@ -296,7 +165,7 @@ def run_secagg_round(
     }
     proxies = [GridClientProxy(node_id=n, grid=grid, run_id=grid.run.run_id) for n in node_ids]
     fitins = FitIns(ndarrays_to_parameters(list(arrays)), full_config)
-    strategy = _OneRound(proxies, fitins)
+    strategy = OneRound(proxies, fitins)
     context = LegacyContext(
         Context(
             run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
@@ -318,7 +187,7 @@ def run_secagg_round(
         modulus_range=MODULUS_RANGE,
         timeout=params.timeout,
     )
-    stage_grid = _StageGrid(grid, exchange, params.timeout)
+    stage_grid = StageGrid(grid, exchange, params.timeout)
     error: str | None = None
     try:
         workflow(stage_grid, context)
