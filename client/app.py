@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -22,9 +23,11 @@ from federator import FederatorError, ReleaseRefused, __version__
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client._secagg import secagg_client_mods, secagg_handler
 from federator.client.instructions import Instructions, read_instructions
+from federator.client.local_data import load_node_data
 from federator.client.node import (
     dp_noise_seed,
     installed_version,
+    node_policy,
     node_settings,
     open_store,
     privacy_policy,
@@ -65,7 +68,12 @@ def _meta(context: Context) -> ConfigRecord:
     )
 
 
-def _local_data(instr: Instructions, context: Context) -> ClientData:
+def _local_data(instr: Instructions, context: Context, task: Task) -> ClientData:
+    own = context.node_config.get("data")
+    if isinstance(own, str) and own:  # a deployed node: the partner's own data
+        return load_node_data(
+            Path(own), input_shape=task.input_shape, val_fraction=instr.data.client_val_fraction
+        )
     spec = instr.data.spec()
     num = context.node_config.get("num-partitions")
     if num is not None and int(num) != spec.clients:
@@ -93,7 +101,7 @@ def _prepare(
     config = msg.content.config_records.get("config", ConfigRecord())
     instr = read_instructions(config)
     task = resolve_task(instr.task)
-    data = _local_data(instr, context)
+    data = _local_data(instr, context, task)
     model = task.build_model()
     arrays = msg.content.array_records.get("arrays")
     if arrays is None:
@@ -123,8 +131,10 @@ def train(msg: Message, context: Context) -> Message:
     the norm the coordinator sent before the reply leaves the node.
     """
     config = msg.content.config_records.get("config", ConfigRecord())
-    clipping = read_instructions(config).central_clipping
-    return client_clipping(clipping, msg, context, _train)
+    instr = read_instructions(config)
+    if (policy := node_policy(context)) is not None:
+        policy.check(instr)  # before anything trains
+    return client_clipping(instr.central_clipping, msg, context, _train)
 
 
 def _train(msg: Message, context: Context) -> Message:

@@ -75,6 +75,8 @@ class Instructions(BaseModel):
     federation: str
     run: str = ""
     task: str
+    strategy: str = ""
+    secagg: bool = False
     data: DataInstructions
     training: TrainingInstructions
     local_dp: LocalDpInstructions | None = None

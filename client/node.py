@@ -16,6 +16,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from federator import ConfigError, ReleaseRefused
+from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.store import ModelStore
 from federator.privacy.accounting import Accountant
 from federator.privacy.policy import NodePrivacyPolicy
@@ -86,14 +87,28 @@ def _setting(context: Context, key: str, env: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def node_policy(context: Context) -> NodePolicy | None:
+    """The partner's policy file named by the node config key ``policy`` (None: no file)."""
+    path = _setting(context, "policy", "")
+    return load_policy(Path(path)) if path else None
+
+
 def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
-    """This node's privacy policy: ``max-epsilon``, ``privacy-delta``, ``privacy-accountant``
-    and ``privacy-ledger`` (a file) from its node config; simulated nodes read
-    ``FEDERATOR_NODE_MAX_EPSILON`` / ``_PRIVACY_DELTA`` and keep their ledger under
-    ``FEDERATOR_NODE_LEDGER_ROOT/<label>.json``. Malformed values are a `ConfigError`."""
+    """This node's privacy policy: from its policy file (`node_policy`) when it has one, else
+    ``max-epsilon``, ``privacy-delta``, ``privacy-accountant`` from its node config; the
+    ledger is the file ``privacy-ledger``. Simulated nodes read ``FEDERATOR_NODE_MAX_EPSILON``
+    / ``_PRIVACY_DELTA`` and keep their ledger under ``FEDERATOR_NODE_LEDGER_ROOT/<label>.json``.
+    Malformed values are a `ConfigError`."""
     ledger = _setting(context, "privacy-ledger", "")
     if ledger is None and (root := os.environ.get(ENV_LEDGER_ROOT)):
         ledger = str(Path(root) / f"{label}.json")
+    if (policy := node_policy(context)) is not None:
+        return NodePrivacyPolicy(
+            max_epsilon=policy.max_epsilon,
+            delta=policy.privacy_delta,
+            accountant=policy.privacy_accountant,
+            ledger=Path(ledger) if ledger else None,
+        )
     max_eps = _setting(context, "max-epsilon", ENV_MAX_EPSILON)
     delta = _setting(context, "privacy-delta", ENV_PRIVACY_DELTA)
     accountant = _setting(context, "privacy-accountant", "")

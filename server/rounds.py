@@ -81,6 +81,8 @@ def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
     return Instructions(
         federation=plan.name,
         run=run_id,
+        strategy=plan.strategy.name,
+        secagg=plan.privacy.secagg is not None,
         central_clipping=central.clipping
         if central is not None and central.side is ClippingSide.CLIENT
         else None,
