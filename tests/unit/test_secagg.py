@@ -365,3 +365,31 @@ def test_the_round_loop_skips_an_aborted_round_and_registers_survivors_only(
     assert first.arrays is not None
     for key, value in first.arrays.items():  # the skipped round left the model as it was
         np.testing.assert_array_equal(aborted.checkpoint.arrays[key].numpy(), value.numpy())
+
+
+def test_local_dp_under_secagg_spends_and_refuses_as_the_train_handler_does(
+    plan: FederationPlan, tmp_path: Any
+) -> None:
+    from federator.privacy import PrivacyLedger
+
+    dp = build_plan(
+        {
+            "federation": {"name": "t", "rounds": 2},
+            "task": {"name": "digits-mlp"},
+            "data": {"clients": 3, "partitioner": "dirichlet"},
+            "tracking": {"runs_dir": str(tmp_path / "runs")},
+            "privacy": {"local": {"target_epsilon": 4.0, "delta": 1e-5}},
+        },
+        source="test",
+    )
+    router = Router(3)
+    for node, ctx in router.contexts.items():
+        ctx.node_config["privacy-ledger"] = str(tmp_path / f"ledger-{node}.json")
+    router.contexts[102].node_config["max-epsilon"] = 0.01  # this node's budget is spent
+    result = _round(dp, router)
+    assert [s.node_id for s in result.survivors] == [100, 101]
+    assert "PrivacyBudgetExhausted" in result.dropped[102]
+    for survivor in result.survivors:
+        assert 0 < float(survivor.metrics["dp-epsilon"]) <= 4.0  # type: ignore[arg-type]
+        assert len(PrivacyLedger(tmp_path / f"ledger-{survivor.node_id}.json").entries()) == 1
+    assert PrivacyLedger(tmp_path / "ledger-102.json").entries() == []
