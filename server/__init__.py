@@ -1,18 +1,47 @@
-"""The coordinator side: config and plan, the round loop, the gate, MLflow tracking, the CLI."""
+"""The coordinator side: config and plan, the round loop, the gate, MLflow tracking, the CLI,
+and deployment kits (`provision`, `load_node_kit`, `load_coordinator_kit`)."""
 
+from federator.server._manifest import KitKind
 from federator.server.app import build_server_app
 from federator.server.gate import Gate, GatePolicy
+from federator.server.kits import (
+    CoordinatorKit,
+    NodeKey,
+    NodeKit,
+    load_coordinator_kit,
+    load_node_kit,
+)
 from federator.server.plan import FederationPlan, build_plan, load_plan
+from federator.server.provision import (
+    FederationSpec,
+    PartyKit,
+    ProvisionReport,
+    parse_federation,
+    provision,
+    read_federation_file,
+)
 from federator.server.runner import run_federation
 from federator.server.tracking import MlflowTracking
 
 __all__ = [
+    "CoordinatorKit",
     "FederationPlan",
+    "FederationSpec",
     "Gate",
     "GatePolicy",
+    "KitKind",
     "MlflowTracking",
+    "NodeKey",
+    "NodeKit",
+    "PartyKit",
+    "ProvisionReport",
     "build_plan",
     "build_server_app",
+    "load_coordinator_kit",
+    "load_node_kit",
     "load_plan",
+    "parse_federation",
+    "provision",
+    "read_federation_file",
     "run_federation",
 ]

@@ -4,6 +4,7 @@
     federator validate CONFIG     check a config and print the resolved plan (starts nothing)
     federator models list CONFIG  the registry's versions with their gate decisions
     federator strategies          the aggregation strategies and the papers they implement
+    federator provision FILE      per-party deployment kits (see server/cli_deploy.py)
 
 CONFIG is a path or the name of a bundled example (``federator validate demo``). Errors are
 printed as one readable message; the exit code is 2 for a bad config and 1 for anything else
@@ -28,6 +29,7 @@ from rich.text import Text
 from federator import ConfigError, FederationInterrupted, FederatorError, __version__
 from federator.client.cli import keys_app, node_app
 from federator.server._overrides import Override, parse_override
+from federator.server.cli_deploy import register as register_deploy
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -39,6 +41,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect registered model ve
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")
+register_deploy(app)
 
 out = Console()
 err_console = Console(stderr=True)
