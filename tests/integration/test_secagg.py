@@ -93,9 +93,12 @@ def test_secagg_exact_below_threshold_and_clean_abort_beyond(tmp_path: Path) -> 
     versions = client.search_model_versions("name = 'e2e-secagg'")
     assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 3]  # 2 skipped
     (run_id,) = {v.run_id for v in versions}
-    participants = [m.value for m in client.get_metric_history(run_id, "round/participants")]
-    assert participants[0] == 2
-    assert participants[-1] == 3
+    history = {
+        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        for key in ("round/participants", "round/skipped")
+    }
+    assert history == {"round/participants": [2, 0, 3], "round/skipped": [0, 1, 0]}
+    assert {v.tags["federator.privacy"] for v in versions} == {"secagg"}
 
     # Round 1: the exact weighted mean of the two survivors' updates.
     sent, dropped = _client_files(records, 1, "sent"), _client_files(records, 1, "dropped")
