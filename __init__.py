@@ -13,6 +13,7 @@ message is meant for a person::
     ├── TaskError              a task cannot be loaded or breaks the task protocol
     ├── RegistryError          unknown or duplicate name in a registry
     ├── TrackingError          MLflow cannot be reached or refused a write
+    ├── DeploymentError        a SuperLink/SuperNode did not start or was refused
     ├── UpdateRejected         a client's update failed screening (the round goes on)
     ├── FederationFailed       a federation stopped before its last round
     │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataError",
+    "DeploymentError",
     "FederationFailed",
     "FederationInterrupted",
     "FederatorError",
@@ -66,6 +68,11 @@ class RegistryError(FederatorError):
 
 class TrackingError(FederatorError):
     """The MLflow tracking server or store cannot be reached, or refused a write."""
+
+
+class DeploymentError(FederatorError):
+    """A deployment process (SuperLink, SuperNode, a submitted run) did not start, stopped, or
+    was refused (unregistered key, TLS mismatch)."""
 
 
 class UpdateRejected(FederatorError):

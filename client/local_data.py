@@ -80,13 +80,13 @@ def _csv(path: Path) -> ArrayData:
     return _array_data(np.delete(table, label, axis=1), y.astype(np.int64), source=str(path))
 
 
-def _images(folder: Path, input_shape: tuple[int, ...]) -> ArrayData:
+def _images(folder: Path, input_shape: tuple[int, ...] | None) -> ArrayData:
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{folder}: expected one sub-folder per class, found none")
-    gray = len(input_shape) == 1 or input_shape[0] == 1
+    gray = input_shape is None or len(input_shape) == 1 or input_shape[0] == 1
     xs, ys = [], []
     for label, cls in enumerate(classes):
         for file in sorted(cls.iterdir()):
@@ -105,10 +105,10 @@ def _images(folder: Path, input_shape: tuple[int, ...]) -> ArrayData:
     if len(shapes) > 1:
         raise DataError(f"{folder}: images differ in size ({sorted(shapes)[:3]}…)")
     x = np.stack(xs)
-    if len(input_shape) == 1:
+    if input_shape is not None and len(input_shape) == 1:
         x = x.reshape(len(x), -1)
-    elif len(input_shape) == 3 and x.ndim == 3:
-        x = x[:, None]
+    elif input_shape is None or (len(input_shape) == 3 and x.ndim == 3):
+        x = x[:, None] if x.ndim == 3 else x
     return ArrayData(x.astype(np.float32), np.asarray(ys, dtype=np.int64))
 
 
@@ -127,14 +127,15 @@ def _seed_of(path: Path) -> int:
 def load_node_data(
     path: Path,
     *,
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | None,
     val_fraction: float,
     seed: int | None = None,
 ) -> ClientData:
     """The node's train/validation data at ``path``; `DataError` naming what is wrong.
 
     ``seed`` fixes the validation split (default: derived from the path, so it is stable
-    across rounds and restarts)."""
+    across rounds and restarts); ``input_shape`` None skips the shape check (a node that does
+    not know its task yet)."""
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     val: ArrayData | None = None
@@ -147,7 +148,9 @@ def load_node_data(
     else:
         raise DataError(f"data path {path}: use a .npz file, a .csv file or a folder of images")
     for part, what in ((data, "examples"), (val, "validation examples")):
-        if part is not None and part.example_shape != tuple(input_shape):
+        if input_shape is None or part is None:
+            continue
+        if part.example_shape != tuple(input_shape):
             raise DataError(
                 f"data path {path}: {what} have shape {part.example_shape}, but the task "
                 f"expects {tuple(input_shape)}"

@@ -16,9 +16,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federator.server.events import FederationSummary
-from federator.server.plan import FederationPlan, load_plan
+from federator.server.plan import FederationPlan, build_plan, load_plan
 from federator.server.progress import LogProgress
 from federator.server.runner import Display, run_federation
+from federator.server.submit import SUBMITTED_KEY, decode_config
 
 CONFIG_KEY = "federation-config"
 
@@ -38,6 +39,14 @@ class RunHandle:
     error: BaseException | None = None
 
 
+def _plan_from(context: Context) -> FederationPlan:
+    """The plan a run was submitted with (`federator run`), else the config it names."""
+    submitted = context.run_config.get(SUBMITTED_KEY)
+    if isinstance(submitted, str) and submitted:
+        return build_plan(decode_config(submitted), source="config submitted by federator run")
+    return load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
+
+
 def build_server_app(
     plan: FederationPlan | None = None,
     *,
@@ -53,7 +62,7 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            the_plan = plan or load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
+            the_plan = plan or _plan_from(context)
             run.summary = run_federation(
                 grid, the_plan, display=display or LogProgress(), cancel=run.cancel, resume=resume
             )
