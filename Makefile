@@ -34,6 +34,8 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m federator.simulations.bench.hooks_overhead
 	$(BIN)/python -m federator.simulations.bench.utility
+	$(BIN)/python -m federator.simulations.bench.opacus_overhead
+	$(BIN)/python -m federator.simulations.bench.privacy_accuracy
 
 clean:
 	rm -rf federator-runs .pytest_cache .mypy_cache .ruff_cache
