@@ -13,8 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from federator import DeploymentError
 
 BIN = Path(sys.executable).parent
 
@@ -121,4 +124,61 @@ def node_config_string(values: dict[str, str | int | float]) -> str:
     return " ".join(parts)
 
 
-__all__ = ["BIN", "ManagedProcess", "flower_command", "flower_env", "launch", "node_config_string"]
+def wait_for_log(
+    proc: ManagedProcess,
+    marker: str,
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Wait until ``marker`` appears in the process's log (True), or it exits (False), or
+    ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if marker in proc.log.read_text(errors="replace"):
+                return True
+        except OSError:
+            pass
+        if not proc.alive():
+            return False
+        sleep(0.5)
+    return False
+
+
+def supervise(procs: list[ManagedProcess], *, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Block until Ctrl-C or SIGTERM (then stop every process, last started first) or until
+    one of them exits on its own (then stop the rest and raise `DeploymentError`)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        while True:
+            for proc in procs:
+                if not proc.alive():
+                    raise DeploymentError(
+                        f"the {proc.name} (pid {proc.pid}) exited with code "
+                        f"{proc.popen.returncode}:\n{proc.tail()}"
+                    )
+            sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in reversed(procs):
+            if proc.alive():
+                proc.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = [
+    "BIN",
+    "ManagedProcess",
+    "flower_command",
+    "flower_env",
+    "launch",
+    "node_config_string",
+    "supervise",
+    "wait_for_log",
+]

@@ -4,6 +4,7 @@ federator keys generate --out DIR            an Ed25519 release key pair
 federator node models --store DIR            installed versions (verified)
 federator node rollback --store DIR [--to V] switch `current` back
 federator node predict --store DIR --input F predictions of the installed model
+federator node start --kit DIR --data PATH   run this partner's node (client/cli_node_start.py)
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from federator import DataError, ReleaseRefused
+from federator.client.cli_node_start import node_start
 from federator.client.keys import generate_keys
 from federator.client.store import ENVELOPE, ModelStore
 
 keys_app = typer.Typer(no_args_is_help=True, help="Release signing keys.")
-node_app = typer.Typer(no_args_is_help=True, help="A partner node's installed models.")
+node_app = typer.Typer(
+    no_args_is_help=True, help="A partner node: run it, and its installed models."
+)
 out = Console()
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="The node's model store folder.")]
@@ -183,3 +187,6 @@ def node_predict(
             out.print(f"{i},{p}", highlight=False)
 
     run_action(go)
+
+
+node_app.command("start")(node_start)

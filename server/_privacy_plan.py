@@ -198,6 +198,6 @@ def describe_privacy(
     if (s := plan.secagg) is not None:
         lines.append(
             f"SecAgg+: {s.num_shares} shares, any {s.reconstruction_threshold} reconstruct; "
-            "the coordinator sees only the sum of updates"
+            "the coordinator sees only the weighted mean of the surviving updates"
         )
     return lines or ["none: updates leave the nodes as trained (see docs/privacy.md)"]

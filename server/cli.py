@@ -29,6 +29,7 @@ from rich.text import Text
 from federator import ConfigError, FederationInterrupted, FederatorError, __version__
 from federator.client.cli import keys_app, node_app
 from federator.server._overrides import Override, parse_override
+from federator.server.cli_coordinator import register as register_coordinator
 from federator.server.cli_deploy import register as register_deploy
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")
 register_deploy(app)
+register_coordinator(app)
 
 out = Console()
 err_console = Console(stderr=True)

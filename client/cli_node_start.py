@@ -1,0 +1,87 @@
+"""``federator node start --kit DIR --data PATH``: run this partner's node until stopped.
+
+Registered on the ``federator node`` command group by `federator.client.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federator import DeploymentError
+
+out = Console()
+
+
+def node_start(
+    kit: Annotated[Path, typer.Option("--kit", help="This node's kit folder (from provision).")],
+    data: Annotated[
+        Path, typer.Option("--data", help="This node's data: a .npz, a .csv or an image folder.")
+    ],
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="This node's policy file (max ε, allowed runs)."),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="Ledger, installed models and logs (default: KIT/state)."),
+    ] = None,
+    superlink: Annotated[
+        str | None,
+        typer.Option("--superlink", help="Coordinator address (default: the kit's)."),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Local port for this node's ClientApp API.")
+    ] = 9094,
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="Seconds to wait for the coordinator.")
+    ] = 120.0,
+) -> None:
+    """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
+    from federator.client._processes import supervise, wait_for_log
+    from federator.client.supernode import check_node, start_node
+    from federator.server.cli import run_action
+    from federator.server.kits import load_node_kit
+
+    def go() -> None:
+        node_kit = load_node_kit(kit)
+        found = check_node(node_kit, data=data, policy=policy)
+        folder = state or kit / "state"
+        proc = start_node(
+            node_kit,
+            data=data,
+            state=folder,
+            policy=policy,
+            superlink=superlink,
+            port=port,
+        )
+        table = Table(title=f"Node {node_kit.node!r}", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("federation", node_kit.federation)
+        table.add_row("coordinator", superlink or node_kit.coordinator)
+        table.add_row("data", f"{data} — {found.examples} examples of shape {found.example_shape}")
+        table.add_row("policy", str(policy) if policy else "none (any run; no privacy limit)")
+        table.add_row("state", f"{folder} (ledger, models, supernode.log)")
+        table.add_row("SuperNode", f"pid {proc.pid}")
+        out.print(table)
+        out.print(f"connecting to {superlink or node_kit.coordinator} …")
+        if not wait_for_log(proc, "SuperNode ID", timeout=connect_timeout):
+            proc.stop()
+            raise DeploymentError(
+                f"node {node_kit.node!r} was not admitted by the coordinator within "
+                f"{connect_timeout:.0f} s (unregistered key, wrong CA or coordinator down?):\n"
+                f"{proc.tail()}"
+            )
+        out.print("[green]connected[/]: waiting for runs (Ctrl-C stops the node)")
+        supervise([proc])
+        out.print("node stopped")
+
+    run_action(go)
+
+
+__all__ = ["node_start"]
