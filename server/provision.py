@@ -311,6 +311,7 @@ def _write_kits(spec: FederationSpec, root: Path, *, now: datetime) -> tuple[str
     write_file(coord / SERVER_CERT, _certs.cert_pem(server_cert))
     write_file(coord / SERVER_KEY, _certs.key_pem(server_key), private=True)
     release = generate_keys(coord)
+    os.chmod(release.public, 0o644)  # written under the umask; make it like every other file
     release_pub = release.public.read_bytes()
     make_dir(coord / NODES_DIR)
 

@@ -1,8 +1,9 @@
-"""`federator provision`: per-party kits, and the refusals when loading one.
+"""`federator provision`: what each party's kit holds, and refusals while provisioning.
 
 Expected values come from independent routes: certificate chains are checked with the raw
 ECDSA signature and with cryptography's own RFC 5280 path validator, fingerprints from the
-PEM text via the standard library, key formats by loading them the way Flower does.
+PEM text via the standard library, key formats by loading them the way Flower does. Loading
+kits (and its refusals) is tested in test_kits.py.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
-import shutil
 import ssl
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,66 +22,31 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509 import verification
+from provisioning import NODES, T0, files, make_kits, spec
 from typer.testing import CliRunner
 
 from federator import ConfigError
-from federator.client.keys import key_id, load_public_key
+from federator.client.keys import key_id
 from federator.server._manifest import FEDERATION_NAME
 from federator.server.cli import app
 from federator.server.kits import load_coordinator_kit, load_node_kit
-from federator.server.provision import (
-    FederationSpec,
-    ProvisionReport,
-    parse_federation,
-    provision,
-)
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-DAY = 86400.0
-NODES = ("hospital-a", "hospital-b", "clinic-3")
-
-
-def clock_at(when: datetime) -> float:
-    return when.timestamp()
-
-
-def spec(
-    *, name: str = "acme-study", coordinator: str = "coord.example.org:9092", days: int = 30
-) -> FederationSpec:
-    raw = {
-        "federation": {
-            "name": name,
-            "coordinator": coordinator,
-            "extra_sans": ["10.0.0.5", "coord.internal"],
-            "cert_days": days,
-        },
-        "nodes": [{"name": n} for n in NODES],
-    }
-    return parse_federation(raw, source="fed.toml")
+from federator.server.provision import ProvisionReport, parse_federation, provision
 
 
 @pytest.fixture
 def kits(tmp_path: Path) -> ProvisionReport:
-    return provision(spec(), out=tmp_path / "kits", clock=lambda: clock_at(T0))
-
-
-def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-
-
-def _later(days: float) -> float:
-    return clock_at(T0) + days * DAY
+    return make_kits(tmp_path / "kits")
 
 
 # --------------------------------------------------------------------------------------------
 # What is written
 
 
-def test_each_party_gets_exactly_its_files(kits: ProvisionReport) -> None:
+def test_each_party_gets_exactly_itsfiles(kits: ProvisionReport) -> None:
     out = kits.out
     assert {p.name for p in out.iterdir()} == {"ca", "coordinator", "nodes"}
-    assert _files(out / "ca") == {"ca.crt", "ca.key", "kit.json"}
-    assert _files(out / "coordinator") == {
+    assert files(out / "ca") == {"ca.crt", "ca.key", "kit.json"}
+    assert files(out / "coordinator") == {
         "ca.crt",
         "server.crt",
         "server.key",
@@ -93,7 +57,7 @@ def test_each_party_gets_exactly_its_files(kits: ProvisionReport) -> None:
     }
     assert {p.name for p in (out / "nodes").iterdir()} == set(NODES)
     for n in NODES:
-        assert _files(out / "nodes" / n) == {
+        assert files(out / "nodes" / n) == {
             "ca.crt",
             "node.key",
             "node.pub",
@@ -102,7 +66,7 @@ def test_each_party_gets_exactly_its_files(kits: ProvisionReport) -> None:
         }
     # The report lists what is on disk, and nothing was left beside the kits.
     for kit in kits.kits:
-        assert set(kit.files) == _files(kit.folder)
+        assert set(kit.files) == files(kit.folder)
     assert [k.party for k in kits.kits] == ["ca", "coordinator", *NODES]
     assert [p.name for p in out.parent.iterdir()] == ["kits"]
 
@@ -226,27 +190,6 @@ def test_release_key_and_manifests(kits: ProvisionReport) -> None:
         assert manifest["ca_fingerprint"] == fp
 
 
-def test_loaded_kits_point_at_the_files(kits: ProvisionReport) -> None:
-    clock = lambda: _later(1)  # noqa: E731
-    node = load_node_kit(kits.out / "nodes/clinic-3", federation="acme-study", clock=clock)
-    assert (node.node, node.federation, node.coordinator) == (
-        "clinic-3",
-        "acme-study",
-        "coord.example.org:9092",
-    )
-    assert node.node_key == kits.out / "nodes/clinic-3/node.key"
-    assert node.ca_cert.read_bytes() == (kits.out / "ca/ca.crt").read_bytes()
-    assert key_id(load_public_key(node.release_pub)) == kits.release_key_id
-    assert node.ca_fingerprint == kits.ca_fingerprint
-    coord = load_coordinator_kit(kits.out / "coordinator", federation="acme-study", clock=clock)
-    assert (coord.host, coord.port) == ("coord.example.org", 9092)
-    assert [k.name for k in coord.nodes] == list(NODES)
-    assert coord.nodes[2].public_key.read_bytes() == node.node_pub.read_bytes()
-    assert coord.server_key.name == "server.key"
-    assert coord.not_after == T0 + timedelta(days=30)
-    assert "127.0.0.1" in coord.server_names
-
-
 def test_federation_name_pattern_matches_the_config() -> None:
     from federator.server.config import _NAME
 
@@ -312,131 +255,7 @@ def test_a_non_empty_out_is_never_overwritten(kits: ProvisionReport) -> None:
 def test_an_empty_out_folder_is_used(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     report = provision(spec(), out=tmp_path / "empty")
-    assert _files(report.out / "ca") == {"ca.crt", "ca.key", "kit.json"}
-
-
-# --------------------------------------------------------------------------------------------
-# Refusals while loading
-
-
-def test_kit_of_another_federation_is_refused(kits: ProvisionReport) -> None:
-    with pytest.raises(ConfigError, match="belongs to federation 'acme-study', not 'other'"):
-        load_node_kit(kits.out / "nodes/hospital-a", federation="other")
-    with pytest.raises(ConfigError, match="kit of another federation"):
-        load_coordinator_kit(kits.out / "coordinator", federation="other")
-
-
-def test_wrong_kind_of_kit_is_refused(kits: ProvisionReport) -> None:
-    with pytest.raises(ConfigError, match="coordinator kit, not a node kit"):
-        load_node_kit(kits.out / "coordinator")
-    with pytest.raises(ConfigError, match="node kit, not a coordinator kit"):
-        load_coordinator_kit(kits.out / "nodes/hospital-a")
-    with pytest.raises(ConfigError, match="kit.json: missing"):
-        load_node_kit(kits.out)
-
-
-@pytest.mark.parametrize(
-    ("days", "problem"), [(31, "expired on 2026-03-31"), (-1, "not valid before")]
-)
-def test_certificates_outside_their_validity_are_refused(
-    kits: ProvisionReport, days: float, problem: str
-) -> None:
-    with pytest.raises(ConfigError, match=problem):
-        load_coordinator_kit(kits.out / "coordinator", clock=lambda: _later(days))
-    with pytest.raises(ConfigError, match=problem):
-        load_node_kit(kits.out / "nodes/hospital-a", clock=lambda: _later(days))
-
-
-def test_last_day_of_validity_is_accepted(kits: ProvisionReport) -> None:
-    load_coordinator_kit(kits.out / "coordinator", clock=lambda: _later(29.9))
-
-
-def test_certificate_from_another_ca_is_refused(kits: ProvisionReport, tmp_path: Path) -> None:
-    other = provision(spec(), out=tmp_path / "other", clock=lambda: clock_at(T0))
-    coord = kits.out / "coordinator"
-    for name in ("server.crt", "server.key"):
-        shutil.copy2(other.out / "coordinator" / name, coord / name)
-    with pytest.raises(ConfigError, match=r"server\.crt: certificate was not issued by"):
-        load_coordinator_kit(coord, clock=lambda: _later(1))
-    node = kits.out / "nodes/hospital-b"
-    shutil.copy2(other.out / "nodes/hospital-b/ca.crt", node / "ca.crt")
-    with pytest.raises(ConfigError, match=r"ca\.crt: not this federation's CA"):
-        load_node_kit(node, clock=lambda: _later(1))
-
-
-@pytest.mark.parametrize(
-    ("kit", "key", "mode"),
-    [
-        ("nodes/hospital-a", "node.key", 0o640),
-        ("coordinator", "server.key", 0o644),
-        ("coordinator", "release.key", 0o602),
-    ],
-)
-def test_loose_permissions_on_a_private_key_are_refused(
-    kits: ProvisionReport, kit: str, key: str, mode: int
-) -> None:
-    path = kits.out / kit / key
-    os.chmod(path, mode)
-    load = load_node_kit if kit.startswith("nodes") else load_coordinator_kit
-    with pytest.raises(ConfigError, match=f"{key}: private key is accessible .*chmod 600"):
-        load(kits.out / kit, clock=lambda: _later(1))
-
-
-@pytest.mark.parametrize(
-    ("kit", "name"),
-    [
-        ("nodes/hospital-a", "ca.crt"),
-        ("nodes/hospital-a", "node.key"),
-        ("nodes/hospital-a", "node.pub"),
-        ("nodes/hospital-a", "release.pub"),
-        ("coordinator", "server.crt"),
-        ("coordinator", "server.key"),
-        ("coordinator", "release.key"),
-        ("coordinator", "nodes/clinic-3.pub"),
-    ],
-)
-def test_missing_file_is_refused(kits: ProvisionReport, kit: str, name: str) -> None:
-    (kits.out / kit / name).unlink()
-    load = load_node_kit if kit.startswith("nodes") else load_coordinator_kit
-    with pytest.raises(ConfigError, match=f"{name}: missing from the kit"):
-        load(kits.out / kit, clock=lambda: _later(1))
-
-
-def test_node_public_key_of_another_node_is_refused(kits: ProvisionReport) -> None:
-    a, b = kits.out / "nodes/hospital-a", kits.out / "nodes/hospital-b"
-    shutil.copy2(b / "node.pub", a / "node.pub")
-    with pytest.raises(ConfigError, match=r"node\.pub: does not match"):
-        load_node_kit(a, clock=lambda: _later(1))
-
-
-def test_node_key_that_is_not_ecdsa_is_refused(kits: ProvisionReport) -> None:
-    path = kits.out / "nodes/hospital-a/node.key"
-    path.unlink()
-    ed = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    path.write_bytes(ed)
-    path.chmod(0o600)
-    with pytest.raises(ConfigError, match="expected an ECDSA node key"):
-        load_node_kit(path.parent, clock=lambda: _later(1))
-
-
-def test_coordinator_host_missing_from_the_certificate_is_refused(kits: ProvisionReport) -> None:
-    path = kits.out / "coordinator/kit.json"
-    manifest = json.loads(path.read_text())
-    manifest["coordinator"] = "elsewhere.example.org:9092"
-    path.write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="not the coordinator host 'elsewhere.example.org'"):
-        load_coordinator_kit(path.parent, clock=lambda: _later(1))
-
-
-def test_corrupt_manifest_is_refused(kits: ProvisionReport) -> None:
-    path = kits.out / "nodes/hospital-a/kit.json"
-    path.write_text('{"kind": "node"}')
-    with pytest.raises(ConfigError, match=r"kit\.json: not a valid kit manifest: federation"):
-        load_node_kit(path.parent)
+    assert files(report.out / "ca") == {"ca.crt", "ca.key", "kit.json"}
 
 
 # --------------------------------------------------------------------------------------------
