@@ -254,8 +254,10 @@ def canary_scores(setup: CanaryAudit, *, with_canary: bool, trials: int, seed: i
     """
     if trials < 1:
         raise ConfigError(f"need at least one trial (got {trials})")
-    torch.manual_seed(seed)
     model = nn.Linear(setup.features, 2, bias=False)
+    bound = 1 / math.sqrt(setup.features)  # PyTorch's default init range, from our own RNG
+    with torch.no_grad():
+        nn.init.uniform_(model.weight, -bound, bound, generator=torch.Generator().manual_seed(seed))
     initial = [p.detach().clone() for p in model.parameters()]
     canary = _canary(model)
     direction = _canary_direction(model, canary)
