@@ -70,6 +70,7 @@ def node_start(
         table.add_row("SuperNode", f"pid {proc.pid}")
         out.print(table)
         out.print(f"connecting to {superlink or node_kit.coordinator} …")
+        out.file.flush()
         if not wait_for_log(proc, "SuperNode ID", timeout=connect_timeout):
             proc.stop()
             raise DeploymentError(
@@ -78,6 +79,7 @@ def node_start(
                 f"{proc.tail()}"
             )
         out.print("[green]connected[/]: waiting for runs (Ctrl-C stops the node)")
+        out.file.flush()  # a supervisor reading our output must see this now
         supervise([proc])
         out.print("node stopped")
 

@@ -70,6 +70,7 @@ def coordinator_start(
         )
         out.print(table)
         out.print("[green]ready[/]: Ctrl-C stops the coordinator")
+        out.file.flush()  # a supervisor reading our output must see this now
         supervise([running.process])
         out.print("coordinator stopped")
 
@@ -90,23 +91,24 @@ def run_command(
     """Submit CONFIG to a running coordinator and stream its progress until it ends."""
     from federator.server.cli import _overrides, run_action
     from federator.server.kits import load_coordinator_kit
-    from federator.server.plan import load_plan
-    from federator.server.submit import submit_run
+    from federator.server.plan import resolve_config_path
+    from federator.server.submit import submit_run, submitted_config
 
     def go() -> None:
         coordinator_kit = load_coordinator_kit(kit)
-        plan = load_plan(config, overrides=_overrides(rounds, None, None, None, set_))
+        overrides = _overrides(rounds, None, None, None, set_)
+        _, raw = submitted_config(resolve_config_path(config), overrides=overrides)
         state = kit / "state"
         state.mkdir(parents=True, exist_ok=True)
-        code = submit_run(
-            plan,
+        status = submit_run(
+            raw,
             coordinator=coordinator,
             ca_cert=coordinator_kit.ca_cert,
             federation=coordinator_kit.federation,
             state=state,
         )
-        if code != 0:
-            raise DeploymentError(f"the run on {coordinator} did not finish (flwr exit {code})")
+        if status != "finished:completed":
+            raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")
 
     run_action(go)
 

@@ -11,28 +11,43 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from federator import DeploymentError
 from federator.client._processes import flower_command, flower_env
-from federator.server.coordinator import write_flwr_home
-from federator.server.plan import FederationPlan
+from federator.server._overrides import Override, apply_overrides
+from federator.server.coordinator import flwr_cli, write_flwr_home
+from federator.server.plan import FederationPlan, build_plan, read_config_file
 
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
 SUBMITTED_KEY = "federation-config-json"
+_STARTED = re.compile(r"Successfully started run (\d+)")
 
 
-def submitted_config(plan: FederationPlan) -> dict[str, Any]:
-    """The resolved config to send, with local paths made absolute (the coordinator's
-    ServerApp resolves nothing against the submitter's working directory)."""
-    raw = json.loads(json.dumps(plan.resolved))
-    raw["tracking"]["runs_dir"] = str(Path(raw["tracking"]["runs_dir"]).resolve())
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def submitted_config(
+    path: Path, *, overrides: Sequence[Override] = ()
+) -> tuple[FederationPlan, dict[str, Any]]:
+    """The config at ``path`` with ``overrides``, validated, and as it will be sent: local
+    paths made absolute (the coordinator's ServerApp resolves nothing against the
+    submitter's working directory). Defaults are left for the coordinator to fill in."""
+    raw = apply_overrides(read_config_file(path), overrides)
+    plan = build_plan(raw, source=str(path))
+    raw = json.loads(json.dumps(raw))
+    tracking = raw.setdefault("tracking", {})
+    tracking["runs_dir"] = str(plan.tracking.runs_dir.resolve())
     release = raw.get("release") or {}
     for key in ("signing_key", "public_key"):
         if release.get(key):
             release[key] = str(Path(release[key]).resolve())
-    return dict(raw)
+    return plan, dict(raw)
 
 
 def encode_config(raw: dict[str, Any]) -> str:
@@ -46,19 +61,24 @@ def decode_config(text: str) -> dict[str, Any]:
 
 
 def submit_run(
-    plan: FederationPlan,
+    raw: dict[str, Any],
     *,
     coordinator: str,
     ca_cert: Path,
     federation: str,
     state: Path,
     timeout: float | None = None,
-) -> int:
-    """Submit ``plan`` and stream its logs until it ends; returns ``flwr run``'s exit code."""
+    echo: Callable[[str], None] = _echo,
+) -> str:
+    """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
+    until it ends, and return the run's final status (``finished:completed`` on success).
+
+    ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is asked of
+    the SuperLink afterwards. `DeploymentError` if the run could not be submitted."""
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
-    run_config = f"{SUBMITTED_KEY}='{encode_config(submitted_config(plan))}'"
+    run_config = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
     argv = [
         flower_command("flwr"),
         "run",
@@ -68,7 +88,43 @@ def submit_run(
         "--run-config",
         run_config,
     ]
-    return subprocess.run(argv, env=flower_env(home), timeout=timeout, check=False).returncode
+    run_id = None
+    with subprocess.Popen(
+        argv,
+        env=flower_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            echo(line.rstrip("\n"))
+            if run_id is None and (m := _STARTED.search(line)):
+                run_id = m.group(1)
+        code = proc.wait(timeout=timeout)
+    if run_id is None:
+        raise DeploymentError(f"the coordinator did not accept the run (flwr exit {code})")
+    return run_status(run_id, home=home, federation=federation)
 
 
-__all__ = ["APP_DIR", "SUBMITTED_KEY", "decode_config", "encode_config", "submit_run"]
+def run_status(run_id: str, *, home: Path, federation: str) -> str:
+    """The SuperLink's status text of run ``run_id`` (e.g. ``finished:failed``)."""
+    probe = flwr_cli(["ls", federation, "--run-id", run_id, "--format", "json"], home=home)
+    try:
+        runs = json.loads(probe.stdout)["runs"]
+        return str(runs[0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise DeploymentError(
+            f"cannot read the status of run {run_id}: {probe.stdout[-500:]}{probe.stderr[-500:]}"
+        ) from None
+
+
+__all__ = [
+    "APP_DIR",
+    "SUBMITTED_KEY",
+    "decode_config",
+    "encode_config",
+    "run_status",
+    "submit_run",
+    "submitted_config",
+]

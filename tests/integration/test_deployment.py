@@ -1,0 +1,268 @@
+"""End to end: a real deployment on 127.0.0.1 — provisioned kits, a SuperLink with TLS and
+node authentication, three partner nodes on their own data files, a federation submitted
+with `federator run`, signed releases installed on every node. Also: an unregistered node
+key and a plaintext connection are refused. Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from procs import BIN, child_env, free_port, run_cli
+
+pytestmark = pytest.mark.integration
+
+NODES = ("site-a", "site-b", "site-c")
+
+
+def _start(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``federator ARGS`` in its own session, output to ``<cwd>/<pid>.out`` (polled by
+    `_wait_for`: a pipe read through Python's buffers can hide lines from select)."""
+    log = cwd / f"cli-{time.monotonic_ns()}.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "federator"), *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen[str]) -> str:
+    return Path(proc.log).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def _wait_for(proc: subprocess.Popen[str], marker: str, *, timeout: float) -> str:
+    """Wait until ``marker`` is in the process's output; fail with the output otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in (seen := _output(proc)):
+            return seen
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"{marker!r} not seen (exit {proc.poll()}):\n{_output(proc)}")
+
+
+def _stop(proc: subprocess.Popen[str], *, grace: float = 40) -> int:
+    """SIGTERM the process (our CLI stops its Flower children), wait, then check the whole
+    process group is gone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            pytest.fail(f"pid {proc.pid} did not stop on SIGTERM")
+    return proc.returncode
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Provisioned kits, a running coordinator, node data files. Stops everything after."""
+    from sklearn.datasets import load_digits
+
+    port = free_port()
+    fed_file = tmp_path / "federation.toml"
+    fed_file.write_text(
+        f'[federation]\nname = "e2e-deploy"\ncoordinator = "127.0.0.1:{port}"\n'
+        + "".join(f'[[nodes]]\nname = "{n}"\n' for n in NODES)
+    )
+    env = child_env(PYTHONUNBUFFERED="1")
+    provisioned = run_cli("provision", str(fed_file), "--out", str(tmp_path / "kits"), cwd=tmp_path)
+    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+    kits = tmp_path / "kits"
+    digits = load_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target
+    data = {}
+    for i, name in enumerate(NODES):
+        data[name] = tmp_path / f"{name}.npz"
+        np.savez(data[name], x=x[i * 400 : (i + 1) * 400], y=y[i * 400 : (i + 1) * 400])
+    coordinator = _start(
+        ["coordinator", "start", "--kit", str(kits / "coordinator")], cwd=tmp_path, env=env
+    )
+    started: list[subprocess.Popen[str]] = [coordinator]
+    try:
+        _wait_for(coordinator, "ready", timeout=120)
+        yield {
+            "tmp": tmp_path,
+            "kits": kits,
+            "port": port,
+            "data": data,
+            "env": env,
+            "started": started,
+            "coordinator": coordinator,
+        }
+    finally:
+        for proc in reversed(started):
+            _stop(proc)
+        for proc in started:
+            assert _group_members(proc.pid) == [], f"processes left behind by pid {proc.pid}"
+
+
+def _node(d: dict[str, Any], name: str, *, port: int) -> subprocess.Popen[str]:
+    proc = _start(
+        [
+            "node",
+            "start",
+            "--kit",
+            str(d["kits"] / "nodes" / name),
+            "--data",
+            str(d["data"][name]),
+            "--port",
+            str(port),
+            "--connect-timeout",
+            "60",
+        ],
+        cwd=d["tmp"],
+        env=d["env"],
+    )
+    d["started"].append(proc)
+    return proc
+
+
+def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, Any]) -> None:
+    d = deployment
+    nodes = [_node(d, name, port=free_port()) for name in NODES]
+    for proc in nodes:
+        _wait_for(proc, "connected", timeout=90)
+    coordinator_kit = d["kits"] / "coordinator"
+    cfg = d["tmp"] / "fed.toml"
+    cfg.write_text(
+        f"""
+[federation]
+name = "e2e-deploy"
+rounds = 2
+seed = 5
+[task]
+name = "digits-mlp"
+[data]
+clients = 3
+[training]
+epochs = 2
+lr = 0.1
+momentum = 0.9
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+[gate]
+threshold = 0.3
+[release]
+signing_key = "{coordinator_kit / "release.key"}"
+"""
+    )
+    result = run_cli(
+        "run",
+        str(cfg),
+        "--coordinator",
+        f"127.0.0.1:{d['port']}",
+        "--kit",
+        str(coordinator_kit),
+        cwd=d["tmp"],
+        env=d["env"],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Federation 'e2e-deploy' finished" in result.stdout, result.stdout[-6000:]
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'e2e-deploy'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2]
+    for v in versions:
+        assert sorted(eval_list(v.tags["federator.participants"])) == sorted(
+            eval_list(versions[0].tags["federator.participants"])
+        )
+        assert len(eval_list(v.tags["federator.participants"])) == 3
+    champion = client.get_registered_model("e2e-deploy").aliases["champion"]
+    for name in NODES:
+        current = d["kits"] / "nodes" / name / "state" / "models" / "current"
+        assert current.is_symlink(), f"{name} installed no release"
+        assert Path(os.readlink(current)).name == str(champion)
+
+
+def eval_list(tag: str) -> list[str]:
+    import json
+
+    return list(json.loads(tag))
+
+
+def test_unregistered_key_and_plaintext_are_refused(deployment: dict[str, Any]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = deployment
+    # A node whose key the coordinator never registered.
+    kit = d["kits"] / "nodes" / NODES[0]
+    key = ec.generate_private_key(ec.SECP384R1())
+    (kit / "node.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    (kit / "node.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    intruder = _node(d, NODES[0], port=free_port())
+    assert intruder.wait(timeout=180) == 1
+    assert "was not admitted" in _output(intruder)
+
+    # A plaintext SuperNode (registered key) never gets in.
+    plain_log = d["tmp"] / "plain.log"
+    with plain_log.open("w") as log:
+        plain = subprocess.Popen(
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{d['port']}",
+                "--auth-supernode-private-key",
+                str(d["kits"] / "nodes" / NODES[1] / "node.key"),
+                "--port",
+                str(free_port()),
+            ],
+            env=d["env"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and plain.poll() is None:
+            time.sleep(1)
+        assert "SuperNode ID" not in plain_log.read_text()
+    finally:
+        if plain.poll() is None:
+            os.killpg(plain.pid, signal.SIGTERM)
+            plain.wait(timeout=30)
+    assert d["coordinator"].poll() is None  # the coordinator is unaffected
