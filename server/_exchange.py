@@ -16,6 +16,8 @@ from flwr.serverapp import Grid
 
 from federator import FederationInterrupted
 
+EXPIRY_MARGIN = 5.0  # seconds a message outlives its round's timeout (clock skew, transit)
+
 
 class Exchange:
     """``exchange(messages, timeout=...)`` → the replies that arrived in time."""
@@ -45,7 +47,13 @@ class Exchange:
             raise FederationInterrupted("the federation was interrupted")
 
     def __call__(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
-        pending = set(self._grid.push_messages(list(messages)))
+        """Push ``messages``, collect replies for ``timeout`` seconds. Each message expires
+        shortly after that: a node that picks it up later, or replies later, is discarded by
+        the SuperLink instead of answering a round that has moved on."""
+        outgoing = list(messages)
+        for msg in outgoing:
+            msg.metadata.ttl = min(msg.metadata.ttl, timeout + EXPIRY_MARGIN)
+        pending = set(self._grid.push_messages(outgoing))
         replies: list[Message] = []
         deadline = self._clock() + timeout
         while pending:

@@ -186,7 +186,8 @@ def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
         "sampling",
         f"{s.train_nodes_per_round} clients train and "
         f"{s.evaluate_nodes_per_round} evaluate per round; a round needs "
-        f"≥ {s.min_replies} good update(s); timeout {s.round_timeout:.0f} s",
+        f"≥ {s.min_replies} good update(s); timeout {s.round_timeout:.0f} s"
+        + (f" ({profile} profile)" if (profile := plan.resolved["deployment"]["profile"]) else ""),
     )
     extra = f" momentum {t.momentum}" if t.momentum else ""
     table.add_row(

@@ -178,6 +178,19 @@ class PrivacySection(_Section):
     secagg: SecAggSection | None = None
 
 
+class Profile(StrEnum):
+    """A deployment profile (see `federator.server._profiles`)."""
+
+    CROSS_SILO = "cross-silo"
+    EDGE = "edge"
+
+
+class DeploymentSection(_Section):
+    """How the federation is deployed: ``profile`` fills in sampling and timeout defaults."""
+
+    profile: Profile | None = None
+
+
 class FederationConfig(_Section):
     """A whole ``federation.toml``."""
 
@@ -190,3 +203,4 @@ class FederationConfig(_Section):
     gate: GateSection = Field(default_factory=GateSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
+    deployment: DeploymentSection = Field(default_factory=DeploymentSection)

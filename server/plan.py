@@ -26,6 +26,7 @@ from federator.client.tasks import Task, TrainSettings, resolve_task
 from federator.server._overrides import Override, apply_overrides
 from federator.server._plan_checks import cross_checks, sampled
 from federator.server._privacy_plan import PrivacyPlan, privacy_plan, privacy_problems
+from federator.server._profiles import apply_profile
 from federator.server._release_plan import ReleasePlan, release_plan
 from federator.server.config import FederationConfig
 from federator.server.gate import GatePolicy
@@ -230,7 +231,7 @@ def build_plan(
 
     Raises `ConfigError` listing every problem found, each prefixed with ``source``.
     """
-    merged = apply_overrides(dict(raw), overrides)
+    merged = apply_profile(apply_overrides(dict(raw), overrides))
     try:
         cfg = FederationConfig.model_validate(merged)
     except ValidationError as err:
