@@ -19,7 +19,7 @@ from federator.server.events import FederationSummary
 from federator.server.plan import FederationPlan, build_plan, load_plan
 from federator.server.progress import LogProgress
 from federator.server.runner import Display, run_federation
-from federator.server.submit import SUBMITTED_KEY, decode_config
+from federator.server.submit import RESUME_KEY, SUBMITTED_KEY, decode_config
 
 CONFIG_KEY = "federation-config"
 
@@ -47,6 +47,12 @@ def _plan_from(context: Context) -> FederationPlan:
     return load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
 
 
+def _resume_from(context: Context) -> str | None:
+    """The MLflow run a submitted run continues (`federator run --resume`), if any."""
+    value = context.run_config.get(RESUME_KEY)
+    return value if isinstance(value, str) and value else None
+
+
 def build_server_app(
     plan: FederationPlan | None = None,
     *,
@@ -64,7 +70,11 @@ def build_server_app(
         try:
             the_plan = plan or _plan_from(context)
             run.summary = run_federation(
-                grid, the_plan, display=display or LogProgress(), cancel=run.cancel, resume=resume
+                grid,
+                the_plan,
+                display=display or LogProgress(),
+                cancel=run.cancel,
+                resume=resume or _resume_from(context),
             )
         except BaseException as err:
             run.error = err

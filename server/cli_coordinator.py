@@ -87,6 +87,14 @@ def run_command(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue this MLflow run after its last checkpoint (e.g. after a coordinator "
+            "restart; same config).",
+        ),
+    ] = None,
 ) -> None:
     """Submit CONFIG to a running coordinator and stream its progress until it ends."""
     from federator.server.cli import _overrides, run_action
@@ -106,6 +114,7 @@ def run_command(
             ca_cert=coordinator_kit.ca_cert,
             federation=coordinator_kit.federation,
             state=state,
+            resume=resume,
         )
         if status != "finished:completed":
             raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")

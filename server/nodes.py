@@ -16,7 +16,7 @@ from collections.abc import Callable
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from federator import FederationFailed
+from federator import FederationFailed, FederationInterrupted
 from federator.server._exchange import Exchange
 from federator.server.events import NodeEntry
 from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY
@@ -67,6 +67,19 @@ class NodeDirectory:
                     f"connected within {timeout:.0f} s"
                 )
             self._sleep(0.2)
+
+    def short_of(
+        self, needed: int, *, timeout: float, on_wait: Callable[[int, int], None] | None = None
+    ) -> str | None:
+        """None once ``needed`` nodes are connected; after ``timeout`` without them, the
+        reason. An interruption still raises `FederationInterrupted`."""
+        try:
+            self.wait_for(needed, timeout=timeout, on_wait=on_wait)
+        except FederationInterrupted:
+            raise
+        except FederationFailed as err:
+            return str(err)
+        return None
 
     def refresh(self) -> list[NodeEntry]:
         """Introduce nodes not seen before; returns the new entries."""

@@ -310,9 +310,19 @@ class Federation:
         self._directory.refresh()
         s = self.strategy
         s.last_train = s.last_evaluate = None
-        train_msgs = self._configure_train(rnd, arrays)
-        skip_reason: str | None = None
-        if self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
+        sampling, timeout = self.plan.strategy.sampling, self.plan.strategy.round_timeout
+        # Flower's sampling waits forever for its minimum of nodes: wait here, boundedly.
+        skip_reason = self._directory.short_of(
+            max(sampling.min_available_nodes, sampling.min_train_nodes),
+            timeout=timeout,
+            on_wait=self._waiting,
+        )
+        train_msgs = [] if skip_reason else self._configure_train(rnd, arrays)
+        new_arrays: ArrayRecord | None = None
+        train_metrics: MetricRecord | None = None
+        if skip_reason is not None:
+            pass
+        elif self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
             trained = self._secagg(rnd, arrays, train_msgs)
             new_arrays, train_metrics = trained.arrays, trained.metrics
             skip_reason, s.last_train = trained.skip_reason, trained.screened
@@ -348,7 +358,14 @@ class Federation:
         if skip_reason is not None or new_arrays is None:
             return replace(skipped, wall_time=self._clock() - t0)
 
-        eval_msgs = list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+        short = self._directory.short_of(
+            max(sampling.min_available_nodes, sampling.min_evaluate_nodes), timeout=0.0
+        )
+        eval_msgs = (
+            []  # too few nodes left to sample for evaluation: the server's hold-out decides
+            if short or sampling.fraction_evaluate == 0
+            else list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+        )
         # The server evaluates on its hold-out while the clients evaluate on theirs.
         server_future = server_side.submit(self._evaluate, new_arrays)
         eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))

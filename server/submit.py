@@ -25,6 +25,7 @@ from federator.server.plan import FederationPlan, build_plan, read_config_file
 
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
 SUBMITTED_KEY = "federation-config-json"
+RESUME_KEY = "federation-resume"
 _STARTED = re.compile(r"Successfully started run (\d+)")
 
 
@@ -68,17 +69,23 @@ def submit_run(
     federation: str,
     state: Path,
     timeout: float | None = None,
+    resume: str | None = None,
     echo: Callable[[str], None] = _echo,
 ) -> str:
     """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
     until it ends, and return the run's final status (``finished:completed`` on success).
 
     ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is asked of
-    the SuperLink afterwards. `DeploymentError` if the run could not be submitted."""
+    the SuperLink afterwards. ``resume``: an MLflow run id to continue after its last
+    checkpoint (after a coordinator restart). `DeploymentError` if nothing was submitted."""
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
     run_config = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
+    if resume:
+        if not resume.isalnum():
+            raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
+        run_config += f" {RESUME_KEY}='{resume}'"
     argv = [
         flower_command("flwr"),
         "run",
@@ -121,6 +128,7 @@ def run_status(run_id: str, *, home: Path, federation: str) -> str:
 
 __all__ = [
     "APP_DIR",
+    "RESUME_KEY",
     "SUBMITTED_KEY",
     "decode_config",
     "encode_config",
