@@ -133,7 +133,7 @@ def main() -> None:
                 "no DP" if v == NON_PRIVATE else f"local DP ε = {v}, δ = {args.delta:g}",
                 f"{final:.4f}",
                 f"{float(r['best']):.4f}",  # type: ignore[arg-type]
-                "–" if v == NON_PRIVATE else f"{100 * (final - base_acc):+.1f}",
+                "–" if v == NON_PRIVATE or base is None else f"{100 * (final - base_acc):+.1f}",
                 "–" if v == NON_PRIVATE else f"{float(r['max_epsilon_spent']):.3f}",  # type: ignore[arg-type]
                 f"{min(sigmas):.2f}–{max(sigmas):.2f}" if sigmas else "–",
                 f"{float(r['lr']):g}",  # type: ignore[arg-type]
