@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m federator.simulations.bench.utility
 	$(BIN)/python -m federator.simulations.bench.opacus_overhead
 	$(BIN)/python -m federator.simulations.bench.privacy_accuracy
+	nice -n 15 $(BIN)/python -m federator.simulations.bench.round_latency
 
 clean:
 	rm -rf federator-runs .pytest_cache .mypy_cache .ruff_cache

@@ -51,7 +51,7 @@ def node_start(
         node_kit = load_node_kit(kit)
         found = check_node(node_kit, data=data, policy=policy)
         folder = state or kit / "state"
-        proc = start_node(
+        node = start_node(
             node_kit,
             data=data,
             state=folder,
@@ -67,12 +67,14 @@ def node_start(
         table.add_row("data", f"{data} — {found.examples} examples of shape {found.example_shape}")
         table.add_row("policy", str(policy) if policy else "none (any run; no privacy limit)")
         table.add_row("state", f"{folder} (ledger, models, supernode.log)")
-        table.add_row("SuperNode", f"pid {proc.pid}")
+        table.add_row("SuperNode", f"pid {node.supernode.pid}")
+        table.add_row("ClientApp executor", f"pid {node.executor.pid}")
         out.print(table)
         out.print(f"connecting to {superlink or node_kit.coordinator} …")
         out.file.flush()
+        proc = node.supernode
         if not wait_for_log(proc, "SuperNode ID", timeout=connect_timeout):
-            proc.stop()
+            node.stop()
             raise DeploymentError(
                 f"node {node_kit.node!r} was not admitted by the coordinator within "
                 f"{connect_timeout:.0f} s (unregistered key, wrong CA or coordinator down?):\n"
@@ -80,7 +82,7 @@ def node_start(
             )
         out.print("[green]connected[/]: waiting for runs (Ctrl-C stops the node)")
         out.file.flush()  # a supervisor reading our output must see this now
-        supervise([proc])
+        supervise(node.processes)
         out.print("node stopped")
 
     run_action(go)

@@ -9,6 +9,8 @@ its privacy ledger and installed models under the node's state folder.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,27 @@ def check_node(kit: NodeKit, *, data: Path, policy: Path | None) -> NodeStart:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunningNode:
+    """A started node: Flower's SuperNode (``--isolation process``) and the executor that runs
+    its ClientApps, each in its own process group.
+
+    The executor hands every message to a ClientApp process started ahead of time, which has
+    already imported torch and Federator: a round no longer waits for those imports (see
+    `federator.client._warm_exec`)."""
+
+    supernode: ManagedProcess
+    executor: ManagedProcess
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.supernode, self.executor]
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
 def start_node(
     kit: NodeKit,
     *,
@@ -72,8 +95,9 @@ def start_node(
     superlink: str | None = None,
     port: int = 9094,
     model: str | None = None,
-) -> ManagedProcess:
-    """Start this node's SuperNode (call `check_node` first to report what it found).
+) -> RunningNode:
+    """Start this node's SuperNode and its ClientApp executor (call `check_node` first to
+    report what it found).
 
     ``superlink`` overrides the kit's coordinator address (e.g. a tunnel); ``port`` is the
     SuperNode's local ClientApp API port (each node on a machine needs its own); ``model`` is
@@ -92,6 +116,8 @@ def start_node(
         node_config["policy"] = str(policy.resolve())
     argv = [
         flower_command("flower-supernode"),
+        "--isolation",
+        "process",  # ClientApp processes come from our warm executor (`_warm_exec`)
         "--root-certificates",
         str(kit.ca_cert),
         "--superlink",
@@ -103,7 +129,22 @@ def start_node(
         "--node-config",
         node_config_string(node_config),
     ]
-    return launch("supernode", argv, log=state / "supernode.log", env=flower_env())
+    supernode = launch("supernode", argv, log=state / "supernode.log", env=flower_env())
+    executor = launch(
+        "ClientApp executor",
+        [
+            sys.executable,
+            "-m",
+            "federator.client._warm_exec",
+            "--runtime-api-address",
+            f"127.0.0.1:{port}",
+            "--parent-pid",
+            str(os.getpid()),
+        ],
+        log=state / "superexec.log",
+        env=flower_env(),
+    )
+    return RunningNode(supernode=supernode, executor=executor)
 
 
-__all__ = ["NodeStart", "check_node", "start_node"]
+__all__ = ["NodeStart", "RunningNode", "check_node", "start_node"]
