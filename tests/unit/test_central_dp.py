@@ -155,9 +155,7 @@ def test_accountant_state_resumes_from_a_checkpoint(raw_config: dict[str, Any]) 
     )
     again.run(resume=checkpoint)
     assert [o.round for o in rec2.rounds] == [3]
-    assert rec2.rounds[0].privacy["central-epsilon"] == pytest.approx(
-        expected_epsilon(3), rel=1e-9
-    )
+    assert rec2.rounds[0].privacy["central-epsilon"] == pytest.approx(expected_epsilon(3), rel=1e-9)
 
 
 def test_server_side_clipping_bounds_the_step(raw_config: dict[str, Any]) -> None:
