@@ -6,6 +6,7 @@ key and a plaintext connection are refused. Every process is stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -266,3 +267,80 @@ def test_unregistered_key_and_plaintext_are_refused(deployment: dict[str, Any]) 
             os.killpg(plain.pid, signal.SIGTERM)
             plain.wait(timeout=30)
     assert d["coordinator"].poll() is None  # the coordinator is unaffected
+
+
+def _crash(node: subprocess.Popen[str]) -> None:
+    """Kill a node as a power cut would: SIGKILL its CLI and Flower's processes at once."""
+    import re
+
+    pids = [int(p) for p in re.findall(r"pid (\d+)", _output(node))]
+    for pgid in [node.pid, *pids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    node.wait(timeout=30)
+
+
+def test_nodes_killed_mid_federation(deployment: dict[str, Any]) -> None:
+    """3 nodes, min 2: one killed after round 1 → round 2 completes without it; a second one
+    killed after round 2 → round 3 is skipped, no version is made for it, the run says so."""
+    import json
+
+    d = deployment
+    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
+    for proc in nodes.values():
+        _wait_for(proc, "connected", timeout=90)
+    cfg = d["tmp"] / "fed.toml"
+    cfg.write_text(
+        f"""
+[federation]
+name = "e2e-deploy"
+rounds = 3
+seed = 5
+[task]
+name = "digits-mlp"
+[data]
+clients = 3
+[strategy]
+min_available_nodes = 2
+min_replies = 2
+round_timeout = 40.0
+fraction_evaluate = 0.0
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+"""
+    )
+    run = _start(
+        [
+            "run",
+            str(cfg),
+            "--coordinator",
+            f"127.0.0.1:{d['port']}",
+            "--kit",
+            str(d["kits"] / "coordinator"),
+        ],
+        cwd=d["tmp"],
+        env=d["env"],
+    )
+    d["started"].append(run)
+    _wait_for(run, "round 1:", timeout=300)
+    _crash(nodes[NODES[2]])
+    _wait_for(run, "round 2:", timeout=300)
+    _crash(nodes[NODES[1]])
+    assert run.wait(timeout=600) == 0, _output(run)[-4000:]
+    out = _output(run)
+    assert "1 skipped" in out
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'e2e-deploy'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2]
+    (run_id,) = {v.run_id for v in versions}
+    path = client.download_artifacts(run_id, "federation/rounds.json", str(d["tmp"]))
+    rounds = json.loads(Path(path).read_text())["rounds"]
+    assert [r["status"] for r in rounds] == ["completed", "completed", "skipped"]
+    assert len(rounds[0]["participants"]) == 3
+    assert 2 <= len(rounds[1]["participants"]) <= 3  # the first crash may come after its reply
+    assert rounds[2]["participants"] == [] or len(rounds[2]["participants"]) < 2
+    assert rounds[2]["skip_reason"]
