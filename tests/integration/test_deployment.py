@@ -344,3 +344,84 @@ runs_dir = "{d["tmp"] / "runs"}"
     assert 2 <= len(rounds[1]["participants"]) <= 3  # the first crash may come after its reply
     assert rounds[2]["participants"] == [] or len(rounds[2]["participants"]) < 2
     assert rounds[2]["skip_reason"]
+
+
+def test_coordinator_restart_resumes_the_run(deployment: dict[str, Any]) -> None:
+    """Kill the SuperLink and the ServerApp after round 1, start the coordinator again on the
+    same database, resume the MLflow run: rounds 2–3 run once, nothing is counted twice."""
+    import re
+
+    from procs import stop_by_marker
+
+    d = deployment
+    for name in NODES:
+        _wait_for(_node(d, name, port=free_port()), "connected", timeout=90)
+    cfg = d["tmp"] / "fed.toml"
+    cfg.write_text(
+        f"""
+[federation]
+name = "e2e-deploy"
+rounds = 3
+seed = 5
+[task]
+name = "digits-mlp"
+[data]
+clients = 3
+[strategy]
+fraction_evaluate = 0.0
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+"""
+    )
+    kit = str(d["kits"] / "coordinator")
+    address = f"127.0.0.1:{d['port']}"
+    run = _start(
+        ["run", str(cfg), "--coordinator", address, "--kit", kit], cwd=d["tmp"], env=d["env"]
+    )
+    d["started"].append(run)
+    _wait_for(run, "round 1:", timeout=300)
+    run_id = re.search(r"MLflow run (\w+)", _output(run))
+    assert run_id is not None
+    from mlflow import MlflowClient
+
+    from federator.server.checkpoint import CHECKPOINT_TAG
+
+    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    deadline = time.monotonic() + 120
+    while CHECKPOINT_TAG not in client.get_run(run_id.group(1)).data.tags:
+        assert time.monotonic() < deadline, "round 1 was never checkpointed"
+        time.sleep(0.5)
+    # A crash of the coordinator's machine: every process of it, at once.
+    coordinator = d["coordinator"]
+    os.killpg(coordinator.pid, signal.SIGKILL)
+    for pid in re.findall(r"pid (\d+)", _output(coordinator)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid), signal.SIGKILL)
+    stop_by_marker("flwr-serverapp", f"127.0.0.1:{d['port']}", grace=10)
+    stop_by_marker("flower-superexec", f"127.0.0.1:{d['port']}", grace=10)
+    coordinator.wait(timeout=30)
+    assert run.wait(timeout=120) != 0  # the submitter sees the run did not complete
+
+    again = _start(["coordinator", "start", "--kit", kit], cwd=d["tmp"], env=d["env"])
+    d["started"].append(again)
+    _wait_for(again, "ready", timeout=120)
+    resumed = run_cli(
+        "run",
+        str(cfg),
+        "--coordinator",
+        address,
+        "--kit",
+        kit,
+        "--resume",
+        run_id.group(1),
+        cwd=d["tmp"],
+        env=d["env"],
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    versions = client.search_model_versions("name = 'e2e-deploy'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2, 3]
+    assert {v.run_id for v in versions} == {run_id.group(1)}
+    history = client.get_metric_history(run_id.group(1), "val/accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # each round logged once
