@@ -95,11 +95,11 @@ def _round_seed(instr: Instructions, server_round: int, label: str) -> int:
 
 
 def _prepare(
-    msg: Message, context: Context
+    msg: Message, context: Context, instr: Instructions | None = None
 ) -> tuple[Instructions, Task, ClientData, torch.nn.Module]:
     torch.set_num_threads(1)
-    config = msg.content.config_records.get("config", ConfigRecord())
-    instr = read_instructions(config)
+    if instr is None:
+        instr = read_instructions(msg.content.config_records.get("config", ConfigRecord()))
     task = resolve_task(instr.task)
     data = _local_data(instr, context, task)
     model = task.build_model()
@@ -134,11 +134,11 @@ def train(msg: Message, context: Context) -> Message:
     instr = read_instructions(config)
     if (policy := node_policy(context)) is not None:
         policy.check(instr)  # before anything trains
-    return client_clipping(instr.central_clipping, msg, context, _train)
+    return client_clipping(instr.central_clipping, msg, context, lambda m, c: _train(m, c, instr))
 
 
-def _train(msg: Message, context: Context) -> Message:
-    instr, task, data, model = _prepare(msg, context)
+def _train(msg: Message, context: Context, parsed: Instructions) -> Message:
+    instr, task, data, model = _prepare(msg, context, parsed)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
     mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]

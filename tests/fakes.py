@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
@@ -142,3 +143,21 @@ class VirtualClock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Recorder:
+    """An observer that keeps what a federation reported (start, rounds, waits)."""
+
+    def __init__(self) -> None:
+        self.started: object | None = None
+        self.rounds: list[Any] = []
+        self.waits: list[tuple[int, int]] = []
+
+    def on_waiting(self, connected: int, needed: int) -> None:
+        self.waits.append((connected, needed))
+
+    def on_start(self, event: object) -> None:
+        self.started = event
+
+    def on_round(self, outcome: Any) -> None:
+        self.rounds.append(outcome)

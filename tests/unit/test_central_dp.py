@@ -16,13 +16,13 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import rdp
-from fakes import FakeGrid, VirtualClock, client_handlers, server_identity
+from fakes import FakeGrid, Recorder, VirtualClock, client_handlers, server_identity
 from flwr.app import Message
 
 from federator import ConfigError
 from federator.privacy.central import UNIFORM_WEIGHT
 from federator.server._exchange import Exchange
-from federator.server.events import RoundOutcome, RoundStatus
+from federator.server.events import RoundStatus
 from federator.server.nodes import NodeDirectory
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.rounds import Federation, ServerEvaluator
@@ -36,17 +36,6 @@ SIGMA = 1.5
 def _identity() -> Iterator[None]:
     with server_identity():
         yield
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.rounds: list[RoundOutcome] = []
-
-    def on_waiting(self, connected: int, needed: int) -> None: ...
-    def on_start(self, event: object) -> None: ...
-
-    def on_round(self, outcome: RoundOutcome) -> None:
-        self.rounds.append(outcome)
 
 
 def plan_with(raw: dict[str, Any], *, rounds: int, **central: Any) -> FederationPlan:

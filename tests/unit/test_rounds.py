@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import FakeGrid, VirtualClock, client_handlers, server_identity
+from fakes import FakeGrid, Recorder, VirtualClock, client_handlers, server_identity
 from flwr.app import Array, Message
 
 from federator import FederationFailed
 from federator.server._exchange import Exchange
-from federator.server.events import FederationStarted, RoundOutcome, RoundStatus
+from federator.server.events import RoundStatus
 from federator.server.nodes import NodeDirectory
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.rounds import Federation, ServerEvaluator
@@ -24,22 +24,6 @@ from federator.simulations.partition import server_holdout
 def _identity() -> Iterator[None]:
     with server_identity():
         yield
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.started: FederationStarted | None = None
-        self.rounds: list[RoundOutcome] = []
-        self.waits: list[tuple[int, int]] = []
-
-    def on_waiting(self, connected: int, needed: int) -> None:
-        self.waits.append((connected, needed))
-
-    def on_start(self, event: FederationStarted) -> None:
-        self.started = event
-
-    def on_round(self, outcome: RoundOutcome) -> None:
-        self.rounds.append(outcome)
 
 
 def make_plan(raw: dict[str, Any], **changes: Any) -> FederationPlan:
