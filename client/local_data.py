@@ -22,7 +22,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from federator import DataError
 from federator.simulations.datasets import ArrayData
@@ -162,9 +161,4 @@ def load_node_data(
     return _split(data, val_fraction, _seed_of(path) if seed is None else seed)
 
 
-def labels_seen(data: ClientData) -> npt.NDArray[np.int64]:
-    """The distinct labels of a node's data (for a quick sanity line in `node start`)."""
-    return np.unique(np.concatenate([data.train.y, data.val.y]))
-
-
-__all__ = ["IMAGE_SUFFIXES", "labels_seen", "load_node_data"]
+__all__ = ["IMAGE_SUFFIXES", "load_node_data"]
