@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from federator import FederatorError, ReleaseRefused, __version__
+from federator.client._packing import packed_io
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client._secagg import secagg_client_mods, secagg_handler
 from federator.client.instructions import Instructions, read_instructions
@@ -229,9 +230,9 @@ def release(msg: Message, context: Context) -> Message:
 def build_client_app() -> ClientApp:
     """A ClientApp wired to the handlers above."""
     app = ClientApp()
-    app.train()(_refusing(train))
+    app.train()(_refusing(packed_io(train)))
     app.train(SECAGG_ACTION, mods=secagg_client_mods(refused_code=REFUSED))(secagg_handler(train))
-    app.evaluate()(_refusing(evaluate))
+    app.evaluate()(_refusing(packed_io(evaluate)))
     app.query()(_refusing(hello))
     app.query(RELEASE_ACTION)(_refusing(release))
     return app

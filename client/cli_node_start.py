@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federator import DeploymentError
+from federator.client._node_loop import PULL_INTERVAL
 
 out = Console()
 
@@ -37,6 +38,15 @@ def node_start(
     port: Annotated[
         int, typer.Option("--port", help="Local port for this node's ClientApp API.")
     ] = 9094,
+    pull_interval: Annotated[
+        float,
+        typer.Option(
+            "--pull-interval",
+            min=0.05,
+            max=60.0,
+            help="Seconds between this node's requests for work (Flower's own SuperNode: 3).",
+        ),
+    ] = PULL_INTERVAL,
     connect_timeout: Annotated[
         float, typer.Option("--connect-timeout", help="Seconds to wait for the coordinator.")
     ] = 120.0,
@@ -58,6 +68,7 @@ def node_start(
             policy=policy,
             superlink=superlink,
             port=port,
+            pull_interval=pull_interval,
         )
         table = Table(title=f"Node {node_kit.node!r}", show_header=False, title_justify="left")
         table.add_column(style="bold")
@@ -67,7 +78,9 @@ def node_start(
         table.add_row("data", f"{data} — {found.examples} examples of shape {found.example_shape}")
         table.add_row("policy", str(policy) if policy else "none (any run; no privacy limit)")
         table.add_row("state", f"{folder} (ledger, models, supernode.log)")
-        table.add_row("SuperNode", f"pid {node.supernode.pid}")
+        table.add_row(
+            "SuperNode", f"pid {node.supernode.pid}, asks for work every {pull_interval:g} s"
+        )
         table.add_row("ClientApp executor", f"pid {node.executor.pid}")
         out.print(table)
         out.print(f"connecting to {superlink or node_kit.coordinator} …")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federator import DataError
+from federator.client._node_loop import PULL_INTERVAL
 from federator.client._processes import (
     ManagedProcess,
-    flower_command,
     flower_env,
     launch,
     node_config_string,
@@ -67,11 +67,12 @@ def check_node(kit: NodeKit, *, data: Path, policy: Path | None) -> NodeStart:
 
 @dataclass(frozen=True, kw_only=True)
 class RunningNode:
-    """A started node: Flower's SuperNode (``--isolation process``) and the executor that runs
-    its ClientApps, each in its own process group.
+    """A started node: Flower's SuperNode (``--isolation process``, driven by our pull loop,
+    `federator.client._node_loop`) and the executor that runs its ClientApps, each in its own
+    process group.
 
-    The executor hands every message to a ClientApp process started ahead of time, which has
-    already imported torch and Federator: a round no longer waits for those imports (see
+    The executor forks every message's ClientApp process from a parent that has already
+    imported torch and Federator: a round does not wait for those imports (see
     `federator.client._warm_exec`)."""
 
     supernode: ManagedProcess
@@ -95,13 +96,16 @@ def start_node(
     superlink: str | None = None,
     port: int = 9094,
     model: str | None = None,
+    pull_interval: float = PULL_INTERVAL,
 ) -> RunningNode:
     """Start this node's SuperNode and its ClientApp executor (call `check_node` first to
     report what it found).
 
     ``superlink`` overrides the kit's coordinator address (e.g. a tunnel); ``port`` is the
     SuperNode's local ClientApp API port (each node on a machine needs its own); ``model`` is
-    the registered model whose releases this node installs (default: the federation's name).
+    the registered model whose releases this node installs (default: the federation's name);
+    ``pull_interval`` is how often the SuperNode asks the coordinator for a message (Flower's
+    own SuperNode waits 3 s; see `federator.client._node_loop`).
     """
     state.mkdir(parents=True, exist_ok=True)
     node_config: dict[str, str | int | float] = {
@@ -115,9 +119,13 @@ def start_node(
     if policy is not None:
         node_config["policy"] = str(policy.resolve())
     argv = [
-        flower_command("flower-supernode"),
+        sys.executable,
+        "-m",
+        "federator.client._node_loop",  # Flower's SuperNode, pulling every `pull_interval` s
+        "--pull-interval",
+        str(pull_interval),
         "--isolation",
-        "process",  # ClientApp processes come from our warm executor (`_warm_exec`)
+        "process",  # ClientApp processes come from our fork server (`_warm_exec`)
         "--root-certificates",
         str(kit.ca_cert),
         "--superlink",

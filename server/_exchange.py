@@ -11,11 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message
+from flwr.app import Error, Message
 from flwr.serverapp import Grid
 
-from federator import FederationInterrupted
+from federator import FederationInterrupted, UpdateRejected
+from federator.client._packing import pack_content, unpack_content
+from federator.server._patient_pull import deployed, pull_function
 
+UNREADABLE_REPLY = 101  # error code of a reply whose packed arrays could not be read
 EXPIRY_MARGIN = 5.0  # seconds a message outlives its round's timeout (clock skew, transit)
 
 
@@ -32,6 +35,8 @@ class Exchange:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._grid = grid
+        self._pull = pull_function(grid)
+        self._packed = deployed(grid)  # one array per message on the wire (`_packing`)
         self._cancel = cancel or threading.Event()
         self._poll = poll
         self._clock = clock
@@ -53,15 +58,33 @@ class Exchange:
         outgoing = list(messages)
         for msg in outgoing:
             msg.metadata.ttl = min(msg.metadata.ttl, timeout + EXPIRY_MARGIN)
+        if self._packed:
+            for msg in outgoing:
+                pack_content(msg)
         pending = set(self._grid.push_messages(outgoing))
+        sent = {msg.metadata.message_id: msg for msg in outgoing}  # ids are set by the push
         replies: list[Message] = []
         deadline = self._clock() + timeout
         while pending:
             self.check()
-            arrived = list(self._grid.pull_messages(pending))
-            replies += arrived
+            arrived = self._pull(pending)
+            replies += [self._unpacked(r, sent) for r in arrived]
             pending -= {m.metadata.reply_to_message_id for m in arrived}
             if not pending or self._clock() >= deadline:
                 break
             self._sleep(self._poll)
         return replies
+
+    def _unpacked(self, reply: Message, sent: dict[str, Message]) -> Message:
+        """``reply`` with its arrays unpacked; an error reply naming the problem if they
+        cannot be (screening then rejects it like any failed reply, and the round goes on)."""
+        if not self._packed or reply.has_error():
+            return reply
+        try:
+            unpack_content(reply)
+        except UpdateRejected as err:
+            instruction = sent.get(reply.metadata.reply_to_message_id)
+            if instruction is None:
+                raise
+            return Message(Error(code=UNREADABLE_REPLY, reason=str(err)), reply_to=instruction)
+        return reply

@@ -1,13 +1,14 @@
-"""The warm ClientApp executor: Flower's own ``flwr-clientapp`` arguments, one process per
-message, the next one started ahead of time."""
+"""The ClientApp executor: Flower's own ``flwr-clientapp`` arguments, one fork server that
+imports once, one fresh forked process per message."""
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,61 +84,46 @@ def test_arguments_are_the_ones_flower_would_pass(
     assert clientapp_args(spec) == flower[1:]
 
 
-def test_a_task_goes_to_the_warm_process_and_the_next_one_starts() -> None:
-    spawned: list[FakeProc] = []
+class ServerProc(FakeProc):
+    """Stands for the fork server: lines written to it stay readable until it is closed."""
 
-    def spawn() -> FakeProc:
-        spawned.append(FakeProc())
+    def lines(self) -> list[list[str]]:
+        data = self.written if self.stdin.closed else self.stdin.getvalue()
+        return [json.loads(line) for line in data.splitlines()]
+
+
+def _executor(spawned: list[ServerProc]) -> WarmExecutor:
+    def spawn() -> ServerProc:
+        spawned.append(ServerProc())
         return spawned[-1]
 
-    ex = WarmExecutor(spawn=spawn)  # type: ignore[arg-type]
+    return WarmExecutor(spawn=spawn)  # type: ignore[arg-type]
+
+
+def test_every_task_goes_to_the_one_fork_server() -> None:
+    spawned: list[ServerProc] = []
+    ex = _executor(spawned)
     ex.warm_up()
     assert len(spawned) == 1
-    result = ex.launch(_spec())
-    assert result.status is LaunchResultStatus.ACCEPTED
-    assert len(spawned) == 2  # the next warm process, started right away
-    line = spawned[0].written
-    assert line.endswith(b"\n")
-    assert json.loads(line) == clientapp_args(_spec())
-    assert spawned[0].stdin.closed  # one message per process
-    assert not spawned[1].stdin.closed
-
+    assert ex.launch(_spec()).status is LaunchResultStatus.ACCEPTED
     ex.launch(_spec(token="tok-456"))
-    assert json.loads(spawned[1].written)[3] == "tok-456"
-    assert len(spawned) == 3
+    ex.reconcile()
+    assert len(spawned) == 1  # no process per message any more
+    assert spawned[0].lines() == [clientapp_args(_spec()), clientapp_args(_spec(token="tok-456"))]
+    ex.close()
+    assert spawned[0].stdin.closed  # end of input: the server exits
 
 
-def test_a_dead_warm_process_is_replaced_before_use() -> None:
-    spawned: list[FakeProc] = []
-
-    def spawn() -> FakeProc:
-        spawned.append(FakeProc())
-        return spawned[-1]
-
-    ex = WarmExecutor(spawn=spawn)  # type: ignore[arg-type]
+def test_a_dead_fork_server_is_replaced_before_use() -> None:
+    spawned: list[ServerProc] = []
+    ex = _executor(spawned)
     ex.warm_up()
     spawned[0].returncode = 1  # crashed while importing
-    ex.launch(_spec())
-    assert spawned[0].written == b""
-    assert json.loads(spawned[1].written) == clientapp_args(_spec())
-
-
-def test_finished_processes_are_reaped_and_close_releases_the_idle_one() -> None:
-    spawned: list[FakeProc] = []
-
-    def spawn() -> FakeProc:
-        spawned.append(FakeProc())
-        return spawned[-1]
-
-    ex = WarmExecutor(spawn=spawn)  # type: ignore[arg-type]
-    ex.launch(_spec())
-    ex.launch(_spec())
-    assert len(ex._running) == 2
-    spawned[0].returncode = 0
     ex.reconcile()
-    assert ex._running == [spawned[1]]
-    ex.close()
-    assert spawned[2].stdin.closed
+    assert len(spawned) == 2
+    ex.launch(_spec())
+    assert spawned[0].stdin.getvalue() == b""
+    assert spawned[1].lines() == [clientapp_args(_spec())]
 
 
 def test_other_task_types_start_the_ordinary_way(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,30 +134,54 @@ def test_other_task_types_start_the_ordinary_way(monkeypatch: pytest.MonkeyPatch
     assert seen[0][0] == "flwr-serverapp"
 
 
-def _clientapp_module() -> object:
-    # ``flwr.supernode.cli`` re-exports a function under the module's own name.
-    return importlib.import_module("flwr.supernode.cli.flwr_clientapp")
+_SERVER = """
+import json, os, sys
+from federator.client._warm_exec import fork_server
+
+out = sys.argv[1]
+
+def run_task(args):
+    if args == ["boom"]:
+        raise RuntimeError("task failed")
+    with open(os.path.join(out, args[0]), "w") as f:
+        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "args": args}, f)
+    sys.exit(3)  # like Flower's clientapp, which ends with sys.exit
+
+fork_server(sys.stdin.buffer, run_task=run_task)
+print("server done", flush=True)
+"""
 
 
-def test_a_warm_process_without_a_task_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    called: list[bool] = []
-    monkeypatch.setattr(_clientapp_module(), "flwr_clientapp", lambda: called.append(True))
-    _warm_exec.main(["--warm-child"])
-    assert called == []
+def test_the_fork_server_runs_each_task_in_its_own_child(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tasks = [["a", "--token", "1"], ["boom"], ["b", "--token", "2"], ["c"]]
+    out, err = proc.communicate(b"".join(json.dumps(t).encode() + b"\n" for t in tasks), 120)
+    assert proc.returncode == 0
+    assert out.endswith(b"server done\n")  # a child never returns into the server's loop
+    assert out.count(b"server done") == 1
+    assert b"RuntimeError: task failed" in err  # a failing task is reported, the rest go on
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ran = {p.name: json.loads(p.read_text()) for p in tmp_path.iterdir()}
+    assert sorted(ran) == ["a", "b", "c"]
+    assert ran["b"]["args"] == ["b", "--token", "2"]
+    pids = {r["pid"] for r in ran.values()}
+    assert len(pids) == 3
+    assert proc.pid not in pids
+    assert {r["ppid"] for r in ran.values()} <= {proc.pid, 1}  # forked by the server
 
 
-def test_a_warm_process_runs_flowers_clientapp_with_its_arguments(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    args = clientapp_args(_spec())
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(args).encode())))
-    monkeypatch.setattr(sys, "argv", ["x"])
-    seen: list[list[str]] = []
-    monkeypatch.setattr(_clientapp_module(), "flwr_clientapp", lambda: seen.append(list(sys.argv)))
-    _warm_exec.main(["--warm-child"])
-    assert seen == [["flwr-clientapp", *args]]
-    assert "federator.client.app" in sys.modules
+def test_the_real_fork_server_preloads_and_leaves_at_end_of_input() -> None:
+    proc = _warm_exec.spawn_warm()
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=120) == 0
 
 
 def test_a_warm_process_that_died_falls_back_to_flowers_cold_start(
@@ -195,15 +205,8 @@ def test_a_warm_process_that_died_falls_back_to_flowers_cold_start(
         return spawned[-1]
 
     ex = WarmExecutor(spawn=spawn)  # type: ignore[arg-type]
-    ex._ready = spawned[0]  # type: ignore[assignment]
+    ex._server = spawned[0]  # type: ignore[assignment]
     result = ex.launch(_spec())
     assert result.status is LaunchResultStatus.ACCEPTED
     assert seen == [["flwr-clientapp", *clientapp_args(_spec())]]
-    assert ex._ready is spawned[1]
-
-
-def test_a_real_warm_process_starts_and_leaves_when_not_needed() -> None:
-    proc = _warm_exec.spawn_warm()
-    assert proc.stdin is not None
-    proc.stdin.close()
-    assert proc.wait(timeout=120) == 0
+    assert ex._server is spawned[1]
