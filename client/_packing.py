@@ -73,17 +73,26 @@ def _key_order(blob: bytes) -> list[str]:
     return order
 
 
-def pack_content(msg: Message) -> None:
+def pack_content(msg: Message, *, packed: dict[int, ArrayRecord] | None = None) -> None:
     """Pack ``msg``'s ``arrays`` record (if it has one).
 
-    The message gets a new content: changing a record of a message pulled from the SuperNode
-    in place does not stick (Flower 1.42), replacing its content does."""
-    if msg.has_content() and (record := msg.content.array_records.get(ARRAYS)) is not None:
+    ``packed`` maps records already packed (by ``id``) to their packed form: a strategy sends
+    the same record to every node, and it is serialised once. The message gets a new content:
+    changing a record of a message pulled from the SuperNode in place does not stick (Flower
+    1.42), replacing its content does."""
+    if not msg.has_content() or (record := msg.content.array_records.get(ARRAYS)) is None:
+        return
+    if packed is None:
         _replace(msg, pack(record))
+        return
+    if id(record) not in packed:
+        packed[id(record)] = pack(record)
+    _replace(msg, packed[id(record)])
 
 
 def unpack_content(msg: Message) -> bool:
-    """Unpack ``msg``'s ``arrays`` record in place; whether it was packed.
+    """Unpack ``msg``'s ``arrays`` record (a new content, as in `pack_content`); whether it
+    was packed.
 
     Raises `UpdateRejected` if it was packed but cannot be read."""
     if not msg.has_content():

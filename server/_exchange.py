@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Error, Message
+from flwr.app import ArrayRecord, Error, Message
 from flwr.serverapp import Grid
 
 from federator import FederationInterrupted, UpdateRejected
@@ -59,8 +59,9 @@ class Exchange:
         for msg in outgoing:
             msg.metadata.ttl = min(msg.metadata.ttl, timeout + EXPIRY_MARGIN)
         if self._packed:
+            packed: dict[int, ArrayRecord] = {}  # the same record to every node: packed once
             for msg in outgoing:
-                pack_content(msg)
+                pack_content(msg, packed=packed)
         pending = set(self._grid.push_messages(outgoing))
         sent = {msg.metadata.message_id: msg for msg in outgoing}  # ids are set by the push
         replies: list[Message] = []

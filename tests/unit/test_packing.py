@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federator import UpdateRejected
-from federator.client._packing import PACKED, is_packed, pack, packed_io, unpack
+from federator.client._packing import PACKED, is_packed, pack, pack_content, packed_io, unpack
 from federator.server._exchange import UNREADABLE_REPLY, Exchange
 
 
@@ -152,3 +152,16 @@ def test_the_exchange_unpacks_replies_and_turns_an_unreadable_one_into_an_error(
     assert replies[2].has_error()
     assert replies[2].error.code == UNREADABLE_REPLY
     assert "not a readable safetensors" in replies[2].error.reason
+
+
+def test_a_record_sent_to_every_node_is_packed_once() -> None:
+    record = _record()
+    with server_identity():
+        msgs = [instruction(RecordDict({"arrays": record}), node_id=n) for n in (1, 2, 3)]
+    packed: dict[int, ArrayRecord] = {}
+    for msg in msgs:
+        pack_content(msg, packed=packed)
+    assert len(packed) == 1
+    records = [m.content.array_records["arrays"] for m in msgs]
+    assert all(r is records[0] for r in records)
+    assert list(unpack(records[0])) == list(record)
