@@ -54,6 +54,8 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    log_start: int = 0  # where this process's output begins in ``log`` (appended to)
+    argv: tuple[str, ...] = ()  # what was started, for `relaunch`
 
     @property
     def pid(self) -> int:
@@ -62,13 +64,23 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def tail(self, lines: int = 15) -> str:
-        """The end of the process's log, for error messages."""
+    def output(self) -> str:
+        """What this process has written to its log so far (not earlier processes' output
+        in the same file); empty if the log cannot be read."""
         try:
-            text = self.log.read_text(errors="replace")
+            with self.log.open("rb") as f:
+                f.seek(self.log_start)
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+
+    def tail(self, lines: int = 15) -> str:
+        """The end of the process's output, for error messages."""
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def relaunch(self, *, env: dict[str, str]) -> ManagedProcess:
+        """Start the same command again (after this one exited), appending to the same log."""
+        return launch(self.name, list(self.argv), log=self.log, env=env)
 
     def stop(self, *, grace: float = 20.0) -> int | None:
         """SIGTERM the process group, wait up to ``grace`` s, then SIGKILL what is left."""
@@ -109,10 +121,11 @@ def launch(name: str, argv: list[str], *, log: Path, env: dict[str, str]) -> Man
     """Start ``argv`` in a new session, output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
+        start = out.seek(0, os.SEEK_END)
         popen = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    return ManagedProcess(name=name, popen=popen, log=log)
+    return ManagedProcess(name=name, popen=popen, log=log, log_start=start, argv=tuple(argv))
 
 
 def node_config_string(values: dict[str, str | int | float]) -> str:
@@ -135,17 +148,15 @@ def wait_for_log(
     timeout: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
-    """Wait until ``marker`` appears in the process's log (True), or it exits (False), or
-    ``timeout`` passes (False)."""
+    """Wait until ``marker`` appears in the process's output (True), or it exits (False), or
+    ``timeout`` passes (False). A marker left in the log by an earlier process (a restarted
+    node appends to the same log) does not count."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if marker in proc.log.read_text(errors="replace"):
-                return True
-        except OSError:
-            pass
+        if marker in proc.output():
+            return True
         if not proc.alive():
-            return False
+            return marker in proc.output()
         sleep(0.5)
     return False
 

@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federator import DeploymentError
 from federator.client._node_loop import PULL_INTERVAL
 
 out = Console()
@@ -52,8 +51,8 @@ def node_start(
     ] = 120.0,
 ) -> None:
     """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
-    from federator.client._processes import supervise, wait_for_log
-    from federator.client.supernode import check_node, start_node
+    from federator.client._processes import supervise
+    from federator.client.supernode import admit, check_node, start_node
     from federator.server.cli import run_action
     from federator.server.kits import load_node_kit
 
@@ -85,14 +84,7 @@ def node_start(
         out.print(table)
         out.print(f"connecting to {superlink or node_kit.coordinator} …")
         out.file.flush()
-        proc = node.supernode
-        if not wait_for_log(proc, "SuperNode ID", timeout=connect_timeout):
-            node.stop()
-            raise DeploymentError(
-                f"node {node_kit.node!r} was not admitted by the coordinator within "
-                f"{connect_timeout:.0f} s (unregistered key, wrong CA or coordinator down?):\n"
-                f"{proc.tail()}"
-            )
+        node = admit(node, timeout=connect_timeout, on_retry=lambda why: out.print(f"… {why}"))
         out.print("[green]connected[/]: waiting for runs (Ctrl-C stops the node)")
         out.file.flush()  # a supervisor reading our output must see this now
         supervise(node.processes)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from federator import DataError
-from federator.client._node_loop import PULL_INTERVAL
+from federator import DataError, DeploymentError
+from federator.client._node_loop import HEARTBEAT_INTERVAL, PULL_INTERVAL
 from federator.client._processes import (
     ManagedProcess,
     flower_env,
     launch,
     node_config_string,
+    wait_for_log,
 )
 from federator.client.local_data import load_node_data
 from federator.client.node_policy import NodePolicy, load_policy
@@ -155,4 +158,60 @@ def start_node(
     return RunningNode(supernode=supernode, executor=executor)
 
 
-__all__ = ["NodeStart", "RunningNode", "check_node", "start_node"]
+ADMITTED = "SuperNode ID"  # what our SuperNode loop logs once the coordinator let it in
+# Flower's SuperLink answers an activation it refuses with this code, both for a key it does
+# not know and for a key whose previous session is still open: the node cannot tell which.
+ACTIVATION_REFUSED = "[code: 2004]"  # flwr ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
+SESSION_EXPIRY = 2 * HEARTBEAT_INTERVAL  # a crashed node's session stays open this long
+RETRY_AFTER = 2.0  # seconds between admission attempts while an old session expires
+
+
+def admit(
+    node: RunningNode,
+    *,
+    timeout: float,
+    on_retry: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunningNode:
+    """Wait until the coordinator has admitted ``node``'s SuperNode; return the running node.
+
+    A node that crashed and comes back within `SESSION_EXPIRY` s of its last heartbeat is
+    refused: Flower's SuperLink activates a key only once its previous session has expired,
+    and refuses a key it does not know with the same error. So while refused that way, we
+    start the SuperNode again every `RETRY_AFTER` s (calling ``on_retry`` with why) for up to
+    `SESSION_EXPIRY` s plus one retry — an unknown key is then reported as such. Any other
+    failure (wrong CA, coordinator unreachable) raises at once; nothing waits past
+    ``timeout`` s.
+    """
+    start = clock()
+    deadline = start + timeout
+    give_up_refusals = start + SESSION_EXPIRY + 2 * RETRY_AFTER
+    while True:
+        proc = node.supernode
+        if wait_for_log(proc, ADMITTED, timeout=max(0.0, deadline - clock()), sleep=sleep):
+            return node
+        refused = not proc.alive() and ACTIVATION_REFUSED in proc.output()
+        now = clock()
+        if not refused or now + RETRY_AFTER >= min(deadline, give_up_refusals):
+            node.stop()
+            why = (
+                "its key is not registered with the coordinator, or a previous session of "
+                "this node is still open there"
+                if refused
+                else "wrong CA, or coordinator down?"
+            )
+            raise DeploymentError(
+                f"this node was not admitted by the coordinator within {now - start:.0f} s "
+                f"({why}):\n{proc.tail()}"
+            )
+        on_retry(
+            "the coordinator refused this node's key: if this node was running until "
+            f"recently, its previous session ends {SESSION_EXPIRY:.0f} s after its last "
+            "heartbeat; trying again"
+        )
+        sleep(RETRY_AFTER)
+        node = replace(node, supernode=proc.relaunch(env=flower_env()))
+
+
+__all__ = ["NodeStart", "RunningNode", "admit", "check_node", "start_node"]

@@ -152,7 +152,7 @@ def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, An
     d = deployment
     nodes = [_node(d, name, port=free_port()) for name in NODES]
     for proc in nodes:
-        _wait_for(proc, "connected", timeout=90)
+        _wait_for(proc, "connected:", timeout=90)
     coordinator_kit = d["kits"] / "coordinator"
     cfg = d["tmp"] / "fed.toml"
     cfg.write_text(
@@ -306,7 +306,7 @@ def test_nodes_killed_mid_federation(deployment: dict[str, Any]) -> None:
     d = deployment
     nodes = {name: _node(d, name, port=free_port()) for name in NODES}
     for proc in nodes.values():
-        _wait_for(proc, "connected", timeout=90)
+        _wait_for(proc, "connected:", timeout=90)
     cfg = d["tmp"] / "fed.toml"
     cfg.write_text(
         f"""
@@ -375,7 +375,7 @@ def test_coordinator_restart_resumes_the_run(deployment: dict[str, Any]) -> None
 
     d = deployment
     for name in NODES:
-        _wait_for(_node(d, name, port=free_port()), "connected", timeout=90)
+        _wait_for(_node(d, name, port=free_port()), "connected:", timeout=90)
     cfg = d["tmp"] / "fed.toml"
     cfg.write_text(
         f"""
@@ -445,3 +445,72 @@ runs_dir = "{d["tmp"] / "runs"}"
     assert {v.run_id for v in versions} == {run_id.group(1)}
     history = client.get_metric_history(run_id.group(1), "val/accuracy")
     assert sorted(m.step for m in history) == list(range(11))  # each round logged once
+
+
+def test_a_returning_node_takes_part_again_and_gets_the_champion(
+    deployment: dict[str, Any],
+) -> None:
+    """A node killed after round 1 comes back with the same kit and state while the
+    federation goes on: it trains in later rounds and ends with the champion installed."""
+    import json
+
+    d = deployment
+    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
+    for proc in nodes.values():
+        _wait_for(proc, "connected:", timeout=90)
+    kit = d["kits"] / "coordinator"
+    cfg = d["tmp"] / "fed.toml"
+    cfg.write_text(
+        f"""
+[federation]
+name = "e2e-deploy"
+rounds = 12
+seed = 5
+[task]
+name = "digits-mlp"
+[data]
+clients = 3
+[strategy]
+min_available_nodes = 2
+min_replies = 2
+round_timeout = 20.0
+fraction_evaluate = 0.0
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+[gate]
+threshold = 0.3
+[release]
+signing_key = "{kit / "release.key"}"
+"""
+    )
+    run = _start(
+        ["run", str(cfg), "--coordinator", f"127.0.0.1:{d['port']}", "--kit", str(kit)],
+        cwd=d["tmp"],
+        env=d["env"],
+    )
+    d["started"].append(run)
+    returning = NODES[2]
+    _after_train_replies(d, returning, 1, timeout=300)
+    _crash(nodes[returning])
+    # Round 2 waits (up to its timeout) for the dead node; it comes back meanwhile. Its old
+    # session (last heartbeat < 5 s ago) is still open, so the SuperLink refuses it at first.
+    back = _wait_for(_node(d, returning, port=free_port()), "connected:", timeout=90)
+    assert "previous session" in back, back
+    assert run.wait(timeout=600) == 0, _output(run)[-4000:]
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'e2e-deploy'")
+    (run_id,) = {v.run_id for v in versions}
+    path = client.download_artifacts(run_id, "federation/rounds.json", str(d["tmp"]))
+    rounds = json.loads(Path(path).read_text())["rounds"]
+    counts = [len(r["participants"]) for r in rounds]
+    assert counts[0] == 3
+    assert min(counts) == 2  # a round without it
+    assert counts[-1] == 3, counts  # and back in
+    champion = client.get_registered_model("e2e-deploy").aliases["champion"]
+    current = d["kits"] / "nodes" / returning / "state" / "models" / "current"
+    assert current.is_symlink(), f"{returning} installed no release after coming back"
+    assert Path(os.readlink(current)).name == str(champion)
