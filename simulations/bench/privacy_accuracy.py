@@ -8,7 +8,8 @@ federation runs in a fresh process (fresh Ray). Goal: ε = 8 within 5 accuracy p
 non-private federation.
 
     python -m federator.simulations.bench.privacy_accuracy [--rounds 30] [--epochs 2]
-        [--epsilons 1,3,8] [--dp-lr LR] [--max-grad-norm C]
+        [--epsilons 1,3,8] [--dp-lr LR] [--dp-batch-size B] [--dp-momentum M]
+        [--max-grad-norm C]
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def _plan(args: argparse.Namespace, variant: str, runs_dir: Path) -> FederationP
         }
         if args.dp_lr is not None:
             raw["training"]["lr"] = args.dp_lr
+        if args.dp_batch_size is not None:
+            raw["training"]["batch_size"] = args.dp_batch_size
+        if args.dp_momentum is not None:
+            raw["training"]["momentum"] = args.dp_momentum
     return build_plan(raw, source="privacy-accuracy benchmark")
 
 
@@ -77,6 +82,7 @@ def _run(args: argparse.Namespace) -> dict[str, object]:
         "max_epsilon_spent": max(spent) if spent else 0.0,
         "sigmas": sigmas,
         "lr": plan.training.lr,
+        "batch": plan.training.batch_size,
         "refusals": refused,
     }
 
@@ -89,6 +95,8 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--dp-lr", type=float, help="learning rate for the DP runs only")
+    parser.add_argument("--dp-batch-size", type=int, help="batch size for the DP runs only")
+    parser.add_argument("--dp-momentum", type=float, help="SGD momentum for the DP runs only")
     parser.add_argument("--skip-non-private", action="store_true", help="only the DP federations")
     parser.add_argument("--variant")
     parser.add_argument("--json", type=Path)
@@ -105,8 +113,13 @@ def main() -> None:
         "--rounds", str(args.rounds), "--epochs", str(args.epochs),
         "--delta", str(args.delta), "--max-grad-norm", str(args.max_grad_norm),
     ]  # fmt: skip
-    if args.dp_lr is not None:
-        passed += ["--dp-lr", str(args.dp_lr)]
+    for flag, value in (
+        ("--dp-lr", args.dp_lr),
+        ("--dp-batch-size", args.dp_batch_size),
+        ("--dp-momentum", args.dp_momentum),
+    ):
+        if value is not None:
+            passed += [flag, str(value)]
     results: dict[str, dict[str, object]] = {}
     for v in variants:
         console.print(f"[dim]federation: {'no DP' if v == NON_PRIVATE else f'ε = {v}'}…[/]")
@@ -122,6 +135,7 @@ def main() -> None:
         "max ε spent by a client",
         "σ (min–max over clients)",
         "lr",
+        "batch",
         "wall time (s)",
     )
     rows = []
@@ -137,6 +151,7 @@ def main() -> None:
                 "–" if v == NON_PRIVATE else f"{float(r['max_epsilon_spent']):.3f}",  # type: ignore[arg-type]
                 f"{min(sigmas):.2f}–{max(sigmas):.2f}" if sigmas else "–",
                 f"{float(r['lr']):g}",  # type: ignore[arg-type]
+                str(r["batch"]),
                 f"{float(r['wall']):.0f}",  # type: ignore[arg-type]
             )
         )
