@@ -60,19 +60,38 @@ class Charge:
 EpsilonFn = Callable[[tuple[Charge, ...], float], float]
 
 
+def _steps_per_mechanism(history: tuple[Charge, ...]) -> dict[tuple[float, float], int]:
+    """Total steps per distinct (sample rate, σ), in first-seen order."""
+    steps: dict[tuple[float, float], int] = {}
+    for c in history:
+        if c.steps > 0:
+            key = (c.sample_rate, c.noise_multiplier)
+            steps[key] = steps.get(key, 0) + c.steps
+    return steps
+
+
+@lru_cache(maxsize=1024)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
+    """The RDP curve of one step (over `RDP_ORDERS`); steps compose by multiplying it."""
+    from opacus.accountants.analysis import rdp
+
+    curve = rdp.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS
+    )
+    return tuple(float(v) for v in curve)
+
+
 def _rdp_epsilon(history: tuple[Charge, ...], delta: float) -> float:
     from opacus.accountants.analysis import rdp
 
-    total = [0.0] * len(RDP_ORDERS)
-    for c in history:
-        if c.steps == 0:
-            continue
-        part = rdp.compute_rdp(
-            q=c.sample_rate, noise_multiplier=c.noise_multiplier, steps=c.steps, orders=RDP_ORDERS
-        )
-        total = [a + float(b) for a, b in zip(total, part, strict=True)]
-    if not any(total):
+    # A ledger repeats the same (q, σ) every round: sum the steps per pair, then one curve
+    # each (RDP composes additively, so this is exact and costs one curve per pair).
+    steps = _steps_per_mechanism(history)
+    if not steps:
         return 0.0
+    total = [0.0] * len(RDP_ORDERS)
+    for (q, sigma), n in steps.items():
+        total = [a + n * b for a, b in zip(total, _rdp_per_step(q, sigma), strict=True)]
     with warnings.catch_warnings():
         # "Optimal order is the smallest alpha": true for tiny σ; the bound stays valid.
         warnings.simplefilter("ignore", UserWarning)
@@ -83,11 +102,11 @@ def _rdp_epsilon(history: tuple[Charge, ...], delta: float) -> float:
 def _prv_epsilon(history: tuple[Charge, ...], delta: float) -> float:
     from opacus.accountants import PRVAccountant
 
-    steps = [(c.noise_multiplier, c.sample_rate, c.steps) for c in history if c.steps > 0]
+    steps = _steps_per_mechanism(history)
     if not steps:
         return 0.0
     acc = PRVAccountant()
-    acc.history = steps
+    acc.history = [(sigma, q, n) for (q, sigma), n in steps.items()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # log(0) inside Opacus's PRV grid
         return float(acc.get_epsilon(delta))

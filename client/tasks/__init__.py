@@ -6,13 +6,14 @@ from __future__ import annotations
 import importlib
 
 from federator import TaskError
-from federator.client.tasks.builtin import DIGITS_MLP, MNIST_CNN
+from federator.client.tasks.builtin import DIGITS_MLP, MNIST_CNN, MNIST_SCATTER
 from federator.client.tasks.classification import ClassificationTask
 from federator.client.tasks.protocol import Evaluation, Optimizer, Task, TrainSettings
 from federator.strategies.registry import Registry
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.register(MNIST_CNN.name, MNIST_CNN)
+TASKS.register(MNIST_SCATTER.name, MNIST_SCATTER)
 TASKS.register(DIGITS_MLP.name, DIGITS_MLP)
 
 
@@ -54,6 +55,7 @@ def resolve_task(ref: str) -> Task:
 __all__ = [
     "DIGITS_MLP",
     "MNIST_CNN",
+    "MNIST_SCATTER",
     "TASKS",
     "ClassificationTask",
     "Evaluation",

@@ -55,6 +55,7 @@ class ClassificationTask:
     supports_local_dp: bool = True
 
     def train(self, model: nn.Module, data: ArrayData, settings: TrainSettings) -> dict[str, float]:
+        model.train()  # a model just evaluated is in eval mode, which Opacus refuses
         torch.manual_seed(settings.seed)
         loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
             _tensors(data),

@@ -291,7 +291,7 @@ def test_directory_is_not_a_config(tmp_path: Path) -> None:
         load_plan(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["demo", "mnist-cnn", "digits-robust"])
+@pytest.mark.parametrize("name", ["demo", "mnist-cnn", "mnist-dp", "digits-robust"])
 def test_bundled_examples_are_valid(name: str) -> None:
     assert name in bundled_examples()
     plan = load_plan(name)

@@ -44,6 +44,7 @@ PUBLIC = {
     "federator.client.tasks": [
         "DIGITS_MLP",
         "MNIST_CNN",
+        "MNIST_SCATTER",
         "TASKS",
         "ClassificationTask",
         "Evaluation",

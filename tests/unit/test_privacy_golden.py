@@ -167,6 +167,16 @@ def test_prv_history_within_its_stated_error_of_pld() -> None:
     _check_prv_against_pld(HISTORY)
 
 
+def test_a_ledger_of_repeated_rounds_matches_dp_accounting() -> None:
+    """A ledger repeats each run's (q, σ) every round; we sum those steps before composing."""
+    a, b, c = HISTORY[:3]
+    ledger = [a, b, a, a, c, b, a]
+    ours = epsilon(ledger, delta=DELTA, accountant=Accountant.RDP)
+    assert ours == pytest.approx(_google_rdp(ledger), abs=1e-6)
+    assert ours > epsilon([a, b, c], delta=DELTA, accountant=Accountant.RDP) + 0.1
+    _check_prv_against_pld(ledger)
+
+
 def test_prv_is_tighter_than_rdp() -> None:
     # Both are upper bounds; PRV (numerical composition) is the tighter one here.
     for c in HISTORY:

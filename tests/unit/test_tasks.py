@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from federator import TaskError
-from federator.client.tasks import DIGITS_MLP, MNIST_CNN, Optimizer, TrainSettings, resolve_task
+from federator.client.tasks import (
+    DIGITS_MLP,
+    MNIST_CNN,
+    MNIST_SCATTER,
+    Optimizer,
+    TrainSettings,
+    resolve_task,
+)
 from federator.client.weights import model_arrays
 from federator.simulations.datasets import load_dataset
 
@@ -28,10 +35,11 @@ def test_builtins_resolve_and_fit_their_data() -> None:
     assert resolve_task("digits-mlp") is DIGITS_MLP
     x = torch.from_numpy(load_dataset("mnist").x[:3])
     assert MNIST_CNN.build_model()(x).shape == (3, 10)
+    assert MNIST_SCATTER.build_model()(x).shape == (3, 10)
 
 
 def test_models_have_no_batchnorm() -> None:
-    for task in (MNIST_CNN, DIGITS_MLP):
+    for task in (MNIST_CNN, MNIST_SCATTER, DIGITS_MLP):
         kinds = {type(m).__name__ for m in task.build_model().modules()}
         assert not any("BatchNorm" in k for k in kinds)
 
