@@ -35,7 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python -m federator.simulations.bench.hooks_overhead
 	$(BIN)/python -m federator.simulations.bench.utility
 	$(BIN)/python -m federator.simulations.bench.opacus_overhead
-	$(BIN)/python -m federator.simulations.bench.privacy_accuracy
+	$(BIN)/python -m federator.simulations.bench.privacy_accuracy --repeats 3 \
+		--dp-task mnist-scatter --dp-rounds 15 --dp-epochs 1 --dp-batch-size 128 \
+		--dp-lr 4 --dp-momentum 0.5 --max-grad-norm 0.25
 	nice -n 15 $(BIN)/python -m federator.simulations.bench.round_latency
 
 clean:

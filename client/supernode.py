@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from flwr.common.constant import HEARTBEAT_PATIENCE
+
 from federator import DataError, DeploymentError
 from federator.client._node_loop import HEARTBEAT_INTERVAL, PULL_INTERVAL
 from federator.client._processes import (
@@ -162,7 +164,9 @@ ADMITTED = "SuperNode ID"  # what our SuperNode loop logs once the coordinator l
 # Flower's SuperLink answers an activation it refuses with this code, both for a key it does
 # not know and for a key whose previous session is still open: the node cannot tell which.
 ACTIVATION_REFUSED = "[code: 2004]"  # flwr ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
-SESSION_EXPIRY = 2 * HEARTBEAT_INTERVAL  # a crashed node's session stays open this long
+# A crashed node's session stays open this long: the SuperLink waits HEARTBEAT_PATIENCE
+# announced intervals after the last heartbeat before it marks the node offline.
+SESSION_EXPIRY = HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL
 RETRY_AFTER = 2.0  # seconds between admission attempts while an old session expires
 
 

@@ -86,7 +86,10 @@ def _subsample(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class Scattering2d(nn.Module):
-    """Second-order 2-D wavelet scattering of images of a fixed ``shape``; no parameters."""
+    """Second-order 2-D wavelet scattering of images of a fixed ``shape``; no parameters.
+
+    A front end: it runs without autograd, so nothing before it can be trained through it.
+    """
 
     def __init__(self, shape: tuple[int, int], *, j: int = 2, angles: int = 8) -> None:
         super().__init__()

@@ -230,7 +230,11 @@ def _report(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print("markdown:\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    console.print(
+        "markdown:\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols),
+        highlight=False,
+        soft_wrap=True,
+    )
     for row in rows:
         console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
     refusals = {v: sum(int(r["refusals"]) for r in runs) for v, runs in results.items()}  # type: ignore[call-overload]

@@ -148,34 +148,53 @@ def _node(d: dict[str, Any], name: str, *, port: int) -> subprocess.Popen[str]:
     return proc
 
 
-def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, Any]) -> None:
-    d = deployment
-    nodes = [_node(d, name, port=free_port()) for name in NODES]
-    for proc in nodes:
+def _connected_nodes(d: dict[str, Any]) -> dict[str, subprocess.Popen[str]]:
+    """Every partner node started, each on its own port, and admitted by the SuperLink."""
+    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
+    for proc in nodes.values():
         _wait_for(proc, "connected:", timeout=90)
-    coordinator_kit = d["kits"] / "coordinator"
+    return nodes
+
+
+def _config(d: dict[str, Any], *, rounds: int, extra: str) -> Path:
+    """The test federation (digits-mlp on the 3 nodes, MLflow in the test's directory) with
+    ``extra`` TOML sections."""
     cfg = d["tmp"] / "fed.toml"
     cfg.write_text(
         f"""
 [federation]
 name = "e2e-deploy"
-rounds = 2
+rounds = {rounds}
 seed = 5
 [task]
 name = "digits-mlp"
 [data]
 clients = 3
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+"""
+        + extra
+    )
+    return cfg
+
+
+def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, Any]) -> None:
+    d = deployment
+    _connected_nodes(d)
+    coordinator_kit = d["kits"] / "coordinator"
+    cfg = _config(
+        d,
+        rounds=2,
+        extra=f"""
 [training]
 epochs = 2
 lr = 0.1
 momentum = 0.9
-[tracking]
-runs_dir = "{d["tmp"] / "runs"}"
 [gate]
 threshold = 0.3
 [release]
 signing_key = "{coordinator_kit / "release.key"}"
-"""
+""",
     )
     result = run_cli(
         "run",
@@ -304,28 +323,17 @@ def test_nodes_killed_mid_federation(deployment: dict[str, Any]) -> None:
     import json
 
     d = deployment
-    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
-    for proc in nodes.values():
-        _wait_for(proc, "connected:", timeout=90)
-    cfg = d["tmp"] / "fed.toml"
-    cfg.write_text(
-        f"""
-[federation]
-name = "e2e-deploy"
-rounds = 3
-seed = 5
-[task]
-name = "digits-mlp"
-[data]
-clients = 3
+    nodes = _connected_nodes(d)
+    cfg = _config(
+        d,
+        rounds=3,
+        extra="""
 [strategy]
 min_available_nodes = 2
 min_replies = 2
 round_timeout = 20.0  # rounds take ~3 s here; a dead node costs one timeout
 fraction_evaluate = 0.0
-[tracking]
-runs_dir = "{d["tmp"] / "runs"}"
-"""
+""",
     )
     run = _start(
         [
@@ -374,24 +382,14 @@ def test_coordinator_restart_resumes_the_run(deployment: dict[str, Any]) -> None
     from procs import stop_by_marker
 
     d = deployment
-    for name in NODES:
-        _wait_for(_node(d, name, port=free_port()), "connected:", timeout=90)
-    cfg = d["tmp"] / "fed.toml"
-    cfg.write_text(
-        f"""
-[federation]
-name = "e2e-deploy"
-rounds = 10
-seed = 5
-[task]
-name = "digits-mlp"
-[data]
-clients = 3
+    _connected_nodes(d)
+    cfg = _config(
+        d,
+        rounds=10,
+        extra="""
 [strategy]
 fraction_evaluate = 0.0
-[tracking]
-runs_dir = "{d["tmp"] / "runs"}"
-"""
+""",
     )
     kit = str(d["kits"] / "coordinator")
     address = f"127.0.0.1:{d['port']}"
@@ -455,33 +453,22 @@ def test_a_returning_node_takes_part_again_and_gets_the_champion(
     import json
 
     d = deployment
-    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
-    for proc in nodes.values():
-        _wait_for(proc, "connected:", timeout=90)
+    nodes = _connected_nodes(d)
     kit = d["kits"] / "coordinator"
-    cfg = d["tmp"] / "fed.toml"
-    cfg.write_text(
-        f"""
-[federation]
-name = "e2e-deploy"
-rounds = 12
-seed = 5
-[task]
-name = "digits-mlp"
-[data]
-clients = 3
+    cfg = _config(
+        d,
+        rounds=12,
+        extra=f"""
 [strategy]
 min_available_nodes = 2
 min_replies = 2
 round_timeout = 20.0
 fraction_evaluate = 0.0
-[tracking]
-runs_dir = "{d["tmp"] / "runs"}"
 [gate]
 threshold = 0.3
 [release]
 signing_key = "{kit / "release.key"}"
-"""
+""",
     )
     run = _start(
         ["run", str(cfg), "--coordinator", f"127.0.0.1:{d['port']}", "--kit", str(kit)],
