@@ -2,10 +2,10 @@
 
 ``simulations/mnist-cnn.toml`` (5,000 real MNIST digits, 10 clients, Dirichlet α = 0.5, FedAvg)
 run through Federator without privacy and with ``[privacy.local]`` at each ε (δ = 1e-5, RDP
-accountant): every client trains with Opacus DP-SGD (Abadi et al. 2016) at the noise its own
-data size needs for ε over all planned rounds. Everything else is the same config. Each
-federation runs in a fresh process (fresh Ray). Goal: ε = 8 within 5 accuracy points of the
-non-private federation.
+accountant unless ``--accountant prv``): every client trains with Opacus DP-SGD (Abadi et
+al. 2016) at the noise its own data size needs for ε over all planned rounds. Everything
+else is the same config. Each federation runs in a fresh process (fresh Ray). Goal: ε = 8
+within 5 accuracy points of the non-private federation.
 
 ``--dp-*`` flags change the DP federations only. ``--dp-task mnist-scatter`` trains them on
 ScatterNet features (Tramèr & Boneh 2021); that task then also runs once without DP, so the
@@ -15,6 +15,12 @@ table shows both what DP costs that model and how it compares with the reference
     python -m federator.simulations.bench.privacy_accuracy [--rounds 30] [--epochs 2]
         [--epsilons 1,3,8] [--dp-task T] [--dp-rounds R] [--dp-epochs E] [--dp-lr LR]
         [--dp-batch-size B] [--dp-momentum M] [--max-grad-norm C] [--accountant rdp|prv]
+        [--repeats N]
+
+The recipe that meets the goal (docs/benchmarks.md; ``make bench`` runs it)::
+
+    --repeats 3 --dp-task mnist-scatter --dp-rounds 15 --dp-epochs 1 --dp-batch-size 128
+    --dp-lr 4 --dp-momentum 0.5 --max-grad-norm 0.25
 """
 
 from __future__ import annotations
