@@ -124,7 +124,8 @@ def authorize(
             "config) — without one its spend across rounds cannot be enforced"
         )
     ledger = PrivacyLedger(policy.ledger)
-    history = ledger.history(dataset)
+    entries = [e for e in ledger.entries() if e.dataset == dataset]  # one read of the file
+    history = [e.charge for e in entries]
     before = epsilon(history, delta=policy.delta, accountant=policy.accountant)
     after = epsilon([*history, charge], delta=policy.delta, accountant=policy.accountant)
     if policy.max_epsilon is not None and after > policy.max_epsilon:
@@ -133,7 +134,7 @@ def authorize(
             f"{policy.max_epsilon:g} (delta {policy.delta:g}); this round would bring it to "
             f"{after:.3f}, so the node does not train"
         )
-    run_history = [*ledger.history(dataset, run=run), charge]
+    run_history = [*(e.charge for e in entries if e.run == run), charge]
     run_eps = epsilon(run_history, delta=target.delta, accountant=target.accountant)
     if run_eps > target.target_epsilon * (1 + TARGET_SLACK) + 1e-9:
         raise PrivacyBudgetExhausted(
