@@ -95,6 +95,7 @@ class Registrar:
         assert decision is not None
         assert ev is not None
         examples = {c.pseudonym: c.num_examples for c in outcome.train_clients}
+        local_epsilons = self._local_epsilons(outcome)
         lineage = {
             "federation": plan.name,
             "federation_run_id": self.run_id,
@@ -127,7 +128,7 @@ class Registrar:
             "federator.gate.reasons": "; ".join(decision.reasons)[: io.TAG_LIMIT],
             "federator.val_accuracy": f"{ev.accuracy:.6f}",
             "federator.val_loss": f"{ev.loss:.6f}",
-            **self._privacy_tags(outcome),
+            **self._privacy_tags(outcome, local_epsilons=local_epsilons),
         }
         name = plan.tracking.registered_model
         mv = self.client.create_model_version(
@@ -149,16 +150,25 @@ class Registrar:
             lin.champion, lin.champion_round = version, outcome.round
         lin.versions[outcome.round] = version
         lin.parent_version = version
+        lin.local_epsilons = local_epsilons
         return version, release
 
-    def _privacy_tags(self, outcome: RoundOutcome) -> dict[str, str]:
-        """``federator.privacy.*``: the protections, δ and the largest ε among the clients
-        whose updates this model descends from (local DP) and the central accountant's ε."""
-        p, lin = self.plan.privacy, self.lineage
+    def _local_epsilons(self, outcome: RoundOutcome) -> dict[str, float]:
+        """Each client's largest local-DP ε in this model's ancestry, this round included
+        (a new dict: the lineage changes only once the version is registered)."""
+        epsilons = dict(self.lineage.local_epsilons)
         for c in outcome.train_clients:
             if "dp-epsilon" in c.metrics:
                 eps = float(c.metrics["dp-epsilon"])
-                lin.local_epsilons[c.pseudonym] = max(eps, lin.local_epsilons.get(c.pseudonym, 0))
+                epsilons[c.pseudonym] = max(eps, epsilons.get(c.pseudonym, 0.0))
+        return epsilons
+
+    def _privacy_tags(
+        self, outcome: RoundOutcome, *, local_epsilons: dict[str, float]
+    ) -> dict[str, str]:
+        """``federator.privacy.*``: the protections, δ and the largest ε among the clients
+        whose updates this model descends from (local DP) and the central accountant's ε."""
+        p = self.plan.privacy
         modes = [
             name
             for name, on in (("local-dp", p.local), ("central-dp", p.central), ("secagg", p.secagg))
@@ -167,10 +177,8 @@ class Registrar:
         tags = {"federator.privacy": "+".join(modes) or "none"}
         if p.local is not None:
             tags["federator.privacy.local.delta"] = f"{p.local.delta:g}"
-            if lin.local_epsilons:
-                tags["federator.privacy.local.max_epsilon"] = (
-                    f"{max(lin.local_epsilons.values()):.6f}"
-                )
+            if local_epsilons:
+                tags["federator.privacy.local.max_epsilon"] = f"{max(local_epsilons.values()):.6f}"
         if "central-epsilon" in outcome.privacy:
             tags["federator.privacy.central.epsilon"] = f"{outcome.privacy['central-epsilon']:.6f}"
             tags["federator.privacy.central.delta"] = f"{outcome.privacy['central-delta']:g}"
