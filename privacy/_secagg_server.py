@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.common import FitIns, FitRes, Parameters, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from federator.privacy._secagg_client import SECAGG_MESSAGE_TYPE
+from federator.strategies._grid import ForwardingGrid
 
 
 class SendReceive(Protocol):
@@ -34,7 +34,7 @@ def _gist(reason: str | None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class StageGrid(Grid):
+class StageGrid(ForwardingGrid):
     """The grid the workflow sees: every message goes to the ``train.secagg`` action with
     ``ttl`` equal to the stage timeout, through ``exchange``; replies are recorded per node.
 
@@ -45,38 +45,12 @@ class StageGrid(Grid):
     """
 
     def __init__(self, grid: Grid, exchange: SendReceive, timeout: float) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._exchange = exchange
         self._timeout = timeout
         self.stage = ""
         self.masked: dict[int, Message] = {}  # node → its "collect masked vectors" reply
         self.dropped: dict[int, str] = {}
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

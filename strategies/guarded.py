@@ -18,53 +18,25 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from hashlib import sha256
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore.run import Run
 
+from federator.strategies._grid import ForwardingGrid
 from federator.strategies.screening import ArraySpec, Screened, array_specs, screen_replies
 
 NodeOrder = Callable[[int], str]
 
 
-class _OrderedGrid(Grid):
+class _OrderedGrid(ForwardingGrid):
     """A view of a grid whose ``get_node_ids`` lists nodes in a stable order."""
 
     def __init__(self, grid: Grid, order: NodeOrder) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._order = order
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> list[int]:
         return sorted(self._grid.get_node_ids(), key=lambda n: (self._order(n), n))
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 @contextmanager
