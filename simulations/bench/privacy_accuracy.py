@@ -41,6 +41,14 @@ from federator.simulations.bench._common import StampDisplay, run_variant
 MODULE = "federator.simulations.bench.privacy_accuracy"
 REFERENCE = "mnist-cnn"
 NON_PRIVATE = "none"
+# ``--dp-*`` flag (as its argparse attribute) → the config key it overrides in DP runs only.
+DP_OVERRIDES = (
+    ("dp_rounds", "federation", "rounds"),
+    ("dp_epochs", "training", "epochs"),
+    ("dp_lr", "training", "lr"),
+    ("dp_batch_size", "training", "batch_size"),
+    ("dp_momentum", "training", "momentum"),
+)
 
 
 def _variant(task: str, epsilon: str) -> str:
@@ -64,14 +72,8 @@ def _plan(args: argparse.Namespace, variant: str, runs_dir: Path) -> FederationP
                 "accountant": args.accountant,
             }
         }
-        for section, key, value in (
-            ("federation", "rounds", args.dp_rounds),
-            ("training", "epochs", args.dp_epochs),
-            ("training", "lr", args.dp_lr),
-            ("training", "batch_size", args.dp_batch_size),
-            ("training", "momentum", args.dp_momentum),
-        ):
-            if value is not None:
+        for attr, section, key in DP_OVERRIDES:
+            if (value := getattr(args, attr)) is not None:
                 raw[section][key] = value
     return build_plan(raw, source="privacy-accuracy benchmark")
 
@@ -112,7 +114,7 @@ def _run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")
@@ -132,7 +134,11 @@ def main() -> None:
     parser.add_argument("--skip-non-private", action="store_true", help="only the DP federations")
     parser.add_argument("--variant")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
 
     if args.variant:  # child process: one federation, result as JSON
         args.json.write_text(json.dumps(_run(args)))
@@ -146,20 +152,7 @@ def main() -> None:
         if args.dp_task != REFERENCE:
             variants.append(_variant(args.dp_task, NON_PRIVATE))
     variants += [_variant(args.dp_task, e.strip()) for e in args.epsilons.split(",") if e.strip()]
-    passed = [
-        "--rounds", str(args.rounds), "--epochs", str(args.epochs),
-        "--delta", str(args.delta), "--max-grad-norm", str(args.max_grad_norm),
-        "--accountant", args.accountant, "--dp-task", args.dp_task,
-    ]  # fmt: skip
-    for flag, value in (
-        ("--dp-rounds", args.dp_rounds),
-        ("--dp-epochs", args.dp_epochs),
-        ("--dp-lr", args.dp_lr),
-        ("--dp-batch-size", args.dp_batch_size),
-        ("--dp-momentum", args.dp_momentum),
-    ):
-        if value is not None:
-            passed += [flag, str(value)]
+    passed = _child_args(args)
     results: dict[str, list[dict[str, object]]] = {}
     for v in variants:
         runs = 1 if v.endswith(f":{NON_PRIVATE}") else args.repeats
@@ -167,6 +160,19 @@ def main() -> None:
             console.print(f"[dim]federation: {_label(v, args.delta)} (run {i + 1} of {runs})…[/]")
             results.setdefault(v, []).append(run_variant(MODULE, v, *passed))
     _report(console, results, args)
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The flags a federation's child process needs to build the same plan."""
+    passed = [
+        "--rounds", str(args.rounds), "--epochs", str(args.epochs),
+        "--delta", str(args.delta), "--max-grad-norm", str(args.max_grad_norm),
+        "--accountant", args.accountant, "--dp-task", args.dp_task,
+    ]  # fmt: skip
+    for attr, _, _ in DP_OVERRIDES:
+        if (value := getattr(args, attr)) is not None:
+            passed += ["--" + attr.replace("_", "-"), str(value)]
+    return passed
 
 
 def _label(variant: str, delta: float) -> str:

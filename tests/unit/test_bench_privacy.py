@@ -7,7 +7,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from federator.simulations.bench.privacy_accuracy import _plan, _report, _variant
+from federator.simulations.bench.privacy_accuracy import (
+    _child_args,
+    _parser,
+    _plan,
+    _report,
+    _variant,
+)
 
 REFERENCE = _variant("mnist-cnn", "none")
 
@@ -94,3 +100,23 @@ def test_the_verdict_uses_the_mean_of_the_runs_against_the_reference() -> None:
     console = Console(record=True, width=400)
     _report(console, results, _args(accountant="rdp"))
     assert "→ NOT met (7.4 points)" in console.export_text()
+
+
+def test_a_child_process_builds_the_plans_its_parent_asked_for(tmp_path: Path) -> None:
+    """The parent forwards its flags; every DP-only setting reaches the child's plan."""
+    recipe = ["--dp-task", "mnist-scatter", "--dp-rounds", "15", "--dp-epochs", "1"]
+    recipe += ["--dp-batch-size", "128", "--dp-lr", "4", "--dp-momentum", "0.5"]
+    recipe += ["--max-grad-norm", "0.25", "--accountant", "prv", "--rounds", "20"]
+    parent = _parser().parse_args(recipe)
+    child = _parser().parse_args(["--variant", "x", "--json", "x", *_child_args(parent)])
+    for variant in (REFERENCE, _variant("mnist-scatter", "8")):
+        ours, theirs = _plan(parent, variant, tmp_path), _plan(child, variant, tmp_path)
+        assert (ours.task_ref, ours.rounds, ours.training) == (
+            theirs.task_ref,
+            theirs.rounds,
+            theirs.training,
+        )
+        assert ours.privacy == theirs.privacy
+    private = _plan(child, _variant("mnist-scatter", "8"), tmp_path)
+    assert (private.rounds, private.training.batch_size, private.training.lr) == (15, 128, 4.0)
+    assert _plan(child, REFERENCE, tmp_path).rounds == 20
