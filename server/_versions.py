@@ -1,9 +1,13 @@
 """Registering a round's global model as an MLflow model version (runs on the tracking worker).
 
 A version is created with every lineage tag in one call, after its artifacts are uploaded:
-``weights.safetensors``, ``lineage.json`` and the pt2 pytorch flavour. When the gate promoted
-it, the version takes the ``champion`` alias and, with releases on, gets signed; the signed
-statement and envelope are stored next to it under ``release/``.
+``weights.safetensors`` and ``lineage.json`` — all a resume, a release or a node needs. The
+pt2 pytorch flavour (``MLmodel`` and friends, for ``mlflow.pytorch.load_model``) is attached to
+the same artifact folder later by the flavour exporter (see `_export`), so an expensive export
+never holds a checkpoint back; the version's ``federator.flavour`` tag says whether it is
+there yet. When the gate promoted it, the version takes the ``champion`` alias and, with
+releases on, gets signed; the signed statement and envelope are stored next to it under
+``release/``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from federator import __version__
 from federator.client.release import RELEASED_FILES
 from federator.client.weights import save_safetensors
 from federator.server import _mlflow_io as io
-from federator.server._export import ModelExporter
+from federator.server._export import FLAVOUR_TAG, FlavourState
 from federator.server.events import RoundOutcome
 from federator.server.plan import FederationPlan
 from federator.server.releases import ReleaseSigner, SignedRelease
@@ -68,28 +72,22 @@ class Registrar:
     artifact_uri: str
     code_version: str
     staging: Path
-    exporter: ModelExporter
     signer: ReleaseSigner | None
     lineage: Lineage = field(default_factory=Lineage)
 
     def _model_dir(self, outcome: RoundOutcome, lineage: dict[str, Any]) -> Path:
+        """The version's artifact folder in staging: weights and lineage (kept until the
+        flavour exporter has used the weights)."""
         assert outcome.arrays is not None
-        stem = self.staging / f"round-{outcome.round:04d}"
-        weights = stem.with_suffix(".safetensors")
-        save_safetensors(outcome.arrays, weights)
-        out = self.exporter.export(
-            task_ref=self.plan.task_ref,
-            weights=weights,
-            example=self.staging / "example.npy",
-            out=stem,
-        )
-        weights.replace(out / "weights.safetensors")
+        out = self.staging / f"round-{outcome.round:04d}"
+        out.mkdir()
+        save_safetensors(outcome.arrays, out / "weights.safetensors")
         (out / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True))
         return out
 
     def register(self, outcome: RoundOutcome) -> tuple[str, SignedRelease | None]:
-        """Register ``outcome``'s model; returns its version and, if promoted and releases
-        are on, the signed release."""
+        """Register ``outcome``'s model (weights and lineage, no flavour yet); returns its
+        version and, if promoted and releases are on, the signed release."""
         plan, lin = self.plan, self.lineage
         decision, ev = outcome.decision, outcome.server_eval
         assert decision is not None
@@ -128,6 +126,7 @@ class Registrar:
             "federator.gate.reasons": "; ".join(decision.reasons)[: io.TAG_LIMIT],
             "federator.val_accuracy": f"{ev.accuracy:.6f}",
             "federator.val_loss": f"{ev.loss:.6f}",
+            FLAVOUR_TAG: FlavourState.PENDING.value,
             **self._privacy_tags(outcome, local_epsilons=local_epsilons),
         }
         name = plan.tracking.registered_model
@@ -241,6 +240,27 @@ class Registrar:
         return SignedRelease(
             version=int(version), round=round_, statement=statement, envelope=envelope, files=files
         )
+
+    def without_flavour(self, *, through_round: int) -> list[tuple[str, int]]:
+        """``(version, round)`` of this run's versions up to ``through_round`` whose pytorch
+        flavour is still missing (the exporter had not got to them before a crash)."""
+        name, out = self.plan.tracking.registered_model, []
+        waiting = (FlavourState.PENDING.value, FlavourState.FAILED.value)
+        for v in self.client.search_model_versions(f"name = '{name}'"):
+            round_ = int(v.tags.get("federator.round", 0))
+            mine = v.run_id == self.run_id and round_ <= through_round
+            if mine and v.tags.get(FLAVOUR_TAG) in waiting:
+                out.append((str(v.version), round_))
+        return sorted(out, key=lambda vr: vr[1])
+
+    def stage_weights(self, round_: int) -> Path:
+        """Download a registered round's ``weights.safetensors`` into staging."""
+        folder = self.staging / f"round-{round_:04d}"
+        folder.mkdir(exist_ok=True)
+        local = self.client.download_artifacts(
+            self.run_id, f"models/round-{round_:04d}/weights.safetensors", str(folder)
+        )
+        return Path(local)
 
     def drop_orphans(self, *, after_round: int) -> list[str]:
         """Delete versions of this run registered after ``after_round`` (never checkpointed)

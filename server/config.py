@@ -85,6 +85,9 @@ class TrackingSection(_Section):
     runs_dir: str = "federator-runs"
     experiment: Annotated[str, Field(min_length=1)] | None = None
     registered_model: Annotated[str, Field(pattern=_NAME)] | None = None
+    # How many finished rounds may wait for their checkpoint before the round loop waits for
+    # MLflow (back-pressure). 1: a round is committed before the next one is reported.
+    max_unsaved_rounds: Annotated[int, Field(ge=0, le=100)] = 1
 
 
 class GateMetric(StrEnum):

@@ -14,6 +14,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord
 
 from federator.client.tasks import Evaluation
+from federator.server._durability import DurabilityReport
 from federator.server.checkpoint import Checkpoint
 from federator.server.gate import Decision
 from federator.server.plan import FederationPlan
@@ -93,6 +94,8 @@ class FederationStarted:
     nodes: Sequence[NodeEntry]
     initial_eval: Evaluation
     resumed_after: int = 0
+    # A resumed run (``resumed_after`` is 0 when it crashed before its first commit).
+    resumed: bool = False
     run_id: str = ""
     example_input: object = field(repr=False)
 
@@ -111,6 +114,8 @@ class FederationSummary:
     ui_command: str | None = None
     # Why the federation ended before its last round (e.g. the central DP budget), if it did.
     stop_reason: str | None = None
+    # What was durable when: the last committed round and the commit lag.
+    durability: DurabilityReport | None = None
 
     @property
     def completed(self) -> list[RoundOutcome]:

@@ -79,6 +79,7 @@ class TrackingPlan:
     experiment: str
     registered_model: str
     runs_dir: Path
+    max_unsaved_rounds: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +216,7 @@ def _tracking(cfg: FederationConfig) -> TrackingPlan:
         experiment=tr.experiment or name,
         registered_model=tr.registered_model or name,
         runs_dir=runs_dir,
+        max_unsaved_rounds=tr.max_unsaved_rounds,
     )
 
 

@@ -32,13 +32,16 @@ _COLUMNS = (
     ("val loss", 8),
     ("client acc", 11),
     ("time", 6),
+    ("saved", 5),
     ("gate", 0),
 )
 
 
-def _round_cells(o: RoundOutcome) -> list[str]:
-    """Cells in `_COLUMNS` order; the gate cell carries the first failing reason."""
+def _round_cells(o: RoundOutcome, saved: int) -> list[str]:
+    """Cells in `_COLUMNS` order; ``saved``: the last round committed in MLflow so far; the
+    gate cell carries the first failing reason."""
     time_cell = f"{o.wall_time:.1f}s"
+    saved_cell = str(saved) if saved else "–"
     if o.status is RoundStatus.SKIPPED:
         return [
             str(o.round),
@@ -47,6 +50,7 @@ def _round_cells(o: RoundOutcome) -> list[str]:
             "–",
             "–",
             time_cell,
+            saved_cell,
             f"skipped: {o.skip_reason}",
         ]
     assert o.server_eval is not None
@@ -59,6 +63,7 @@ def _round_cells(o: RoundOutcome) -> list[str]:
         f"{o.server_eval.loss:.4f}",
         _client_range(o),
         time_cell,
+        saved_cell,
         gate,
     ]
 
@@ -68,10 +73,24 @@ def _line(cells: list[str]) -> str:
 
 
 def _run_line(event: FederationStarted) -> str:
-    resumed = f"resumed after round {event.resumed_after}; " if event.resumed_after else ""
+    resumed = (
+        f"resumed after round {event.resumed_after}, the last one saved; "
+        if event.resumed_after
+        else "resumed from round 1 (no round had been saved); "
+        if event.resumed
+        else ""
+    )
     return (
         f"{resumed}MLflow run {event.run_id} (after a crash: federator simulate ... "
         f"--resume {event.run_id})"
+    )
+
+
+def held_back_line(round_: int, saved_through: int) -> str:
+    """What the display says when the round loop waits for MLflow."""
+    return (
+        f"round {round_} waits for MLflow: saved through round {saved_through} "
+        f"(tracking.max_unsaved_rounds)"
     )
 
 
@@ -111,6 +130,8 @@ def summary_table(s: FederationSummary) -> Table:
     else:
         t.add_row("champion", "none: no round passed the gate")
     t.add_row("model versions", str(len(s.versions)))
+    if s.durability is not None:
+        t.add_row("saved in MLflow", s.durability.describe())
     if s.stop_reason:
         t.add_row("stopped early", s.stop_reason)
     spent = next((o.privacy for o in reversed(s.outcomes) if o.privacy), None)
@@ -142,6 +163,7 @@ class RichProgress:
         self._progress: Progress | None = None
         self._task: int | None = None
         self._last_pending = -1
+        self._saved = 0  # written by the tracking thread, read when a row is printed
 
     def on_waiting(self, connected: int, needed: int) -> None:
         self.console.print(f"[dim]waiting for nodes: {connected}/{needed} connected[/]")
@@ -153,6 +175,7 @@ class RichProgress:
             f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
             f"{event.initial_eval.accuracy:.4f}"
         )
+        self._saved = event.resumed_after
         self.console.print(f"[dim]{_run_line(event)}[/]", highlight=False)
         self._progress = Progress(
             TextColumn("[progress.description]{task.description}"),
@@ -167,7 +190,7 @@ class RichProgress:
         self.console.print(_line([name for name, _ in _COLUMNS]), style="bold", highlight=False)
 
     def on_round(self, outcome: RoundOutcome) -> None:
-        cells = _round_cells(outcome)
+        cells = _round_cells(outcome, self._saved)
         style = (
             "green"
             if outcome.decision and outcome.decision.promoted
@@ -191,6 +214,12 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def saved(self, round_: int) -> None:
+        self._saved = max(self._saved, round_)
+
+    def held_back(self, round_: int, saved_through: int) -> None:
+        self.console.print(f"[dim]{held_back_line(round_, saved_through)}[/]", highlight=False)
 
     def saving(self, pending: int) -> None:
         if pending != self._last_pending:
@@ -224,6 +253,7 @@ class LogProgress:
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self._log = log or _flwr_info
         self._last_pending = -1
+        self._saved = 0
 
     def on_waiting(self, connected: int, needed: int) -> None:
         self._log(f"waiting for nodes: {connected}/{needed} connected")
@@ -235,10 +265,11 @@ class LogProgress:
             f"{p.data.clients} clients, {p.rounds} rounds; initial validation accuracy "
             f"{event.initial_eval.accuracy:.4f}"
         )
+        self._saved = event.resumed_after
         self._log(_run_line(event))
 
     def on_round(self, outcome: RoundOutcome) -> None:
-        cells = _round_cells(outcome)
+        cells = _round_cells(outcome, self._saved)
         pairs = zip(cells[1:], _COLUMNS[1:], strict=True)
         self._log(f"round {cells[0]}: " + ", ".join(f"{name} {c}" for c, (name, _) in pairs))
         for r in outcome.refusals:
@@ -246,6 +277,12 @@ class LogProgress:
 
     def stop(self) -> None:
         """Nothing to tear down."""
+
+    def saved(self, round_: int) -> None:
+        self._saved = max(self._saved, round_)
+
+    def held_back(self, round_: int, saved_through: int) -> None:
+        self._log(held_back_line(round_, saved_through))
 
     def saving(self, pending: int) -> None:
         if pending != self._last_pending:  # called every poll: say it only when it changes

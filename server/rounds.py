@@ -183,9 +183,10 @@ class Federation:
             else None
         )
 
-    def run(self, *, resume: Checkpoint | None = None) -> list[RoundOutcome]:
+    def run(self, *, resume: Checkpoint | None = None, resumed: bool = False) -> list[RoundOutcome]:
         """Wait for nodes, then run every round (after ``resume``'s, when given); returns
-        the outcome of each round run here. Each outcome carries the round's checkpoint."""
+        the outcome of each round run here. Each outcome carries the round's checkpoint.
+        ``resumed``: this continues an interrupted run (even one with no checkpoint yet)."""
         plan = self.plan
         needed = plan.strategy.sampling.min_available_nodes
         self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
@@ -208,6 +209,7 @@ class Federation:
             initial_eval=self._evaluate(state.arrays),
             example_input=self._evaluate.example_input(),
             resumed_after=state.first_round - 1,
+            resumed=resumed or resume is not None,
             run_id=self.run_id,
         )
         for obs in self._observers:

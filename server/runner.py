@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from flwr.serverapp import Grid
 
 from federator.server import _mlflow_io as io
+from federator.server._durability import DurabilityListener
 from federator.server._exchange import Exchange
 from federator.server._provenance import code_version
 from federator.server.events import (
@@ -30,7 +31,7 @@ from federator.server.tracking import MlflowTracking
 from federator.simulations.partition import server_holdout
 
 
-class Display(Protocol):
+class Display(DurabilityListener, Protocol):
     """What the runner needs from a progress display (`RichProgress`, `LogProgress`)."""
 
     def on_waiting(self, connected: int, needed: int) -> None: ...
@@ -67,9 +68,10 @@ def run_federation(
         client=mlflow_client(plan.tracking.uri),
         code_version=code_version(),
         signer=signer,
+        listener=display,
     )
     checkpoint = tracking.resume(resume) if resume else None
-    if checkpoint is None:
+    if resume is None:
         tracking.open()
     exchange = Exchange(grid, cancel=cancel)
     directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
@@ -100,14 +102,15 @@ def run_federation(
         run_id=tracking.run_id,
     )
     try:
-        outcomes = federation.run(resume=checkpoint)
+        outcomes = federation.run(resume=checkpoint, resumed=resume is not None)
     except BaseException as err:
         display.stop()
         try:
             report = tracking.finish(failed=err, on_wait=display.saving)
             err.add_note(
-                f"rounds completed before this are recorded in MLflow run "
-                f"{report.run_id} ({report.ui_command})"
+                f"saved through round {report.durability.saved_through} in MLflow run "
+                f"{report.run_id} ({report.ui_command}); continue it with --resume "
+                f"{report.run_id}"
             )
         except Exception as tracking_err:  # noqa: BLE001 - the round error is the one to raise
             err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")
@@ -129,6 +132,7 @@ def run_federation(
         champion_version=report.champion_version,
         ui_command=report.ui_command,
         stop_reason=federation.stop_reason,
+        durability=report.durability,
     )
     display.summary(summary)
     return summary

@@ -126,6 +126,7 @@ class StampDisplay:
         self.stamps: list[float] = []
         self.outcomes: list[RoundOutcome] = []
         self.finished: float | None = None
+        self.result: FederationSummary | None = None
 
     def on_waiting(self, connected: int, needed: int) -> None:
         """Nothing to show."""
@@ -143,11 +144,17 @@ class StampDisplay:
     def saving(self, pending: int) -> None:
         """Nothing to show."""
 
+    def saved(self, round_: int) -> None:
+        """Nothing to show (the summary carries the lag)."""
+
+    def held_back(self, round_: int, saved_through: int) -> None:
+        """Nothing to show."""
+
     def on_release(self, report: object) -> None:
         """Nothing to show."""
 
     def summary(self, s: FederationSummary) -> None:
-        """Nothing to show."""
+        self.result = s
 
 
 def round_times(stamps: list[float]) -> list[float]:

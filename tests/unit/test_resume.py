@@ -197,3 +197,87 @@ def test_resume_of_an_unknown_run(raw_config: dict[str, Any], tmp_path: Path) ->
         run_federation(
             FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None), resume="0123"
         )
+
+
+def test_a_run_killed_before_its_first_commit_resumes_from_round_1(
+    raw_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(raw_config, tmp_path)
+    original = MlflowTracking._commit_checkpoint
+
+    def crash(self: MlflowTracking, cp: Checkpoint) -> None:
+        raise OSError("disk full before the first checkpoint")
+
+    monkeypatch.setattr(MlflowTracking, "_commit_checkpoint", crash)
+    with pytest.raises(TrackingError, match="disk full"):
+        run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None))
+    client = _client(plan)
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert CHECKPOINT_TAG not in run.data.tags
+
+    monkeypatch.setattr(MlflowTracking, "_commit_checkpoint", original)
+    lines: list[str] = []
+    resumed = run_federation(
+        FakeGrid(client_handlers(4)),
+        plan,
+        display=LogProgress(lines.append),
+        resume=run.info.run_id,
+    )
+    assert any("resumed from round 1 (no round had been saved)" in line for line in lines)
+    assert [o.round for o in resumed.outcomes] == [1, 2, 3, 4]
+    versions = client.search_model_versions("name = 'unit'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2, 3, 4]
+    for metric in ("val/accuracy", "round/wall_time_s"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert len(steps) == len(set(steps)), (metric, steps)
+
+
+def test_a_failed_export_loses_no_round_and_a_resume_exports_it(
+    raw_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from federator.server._export import FLAVOUR_TAG, FlavourState, ModelExporter
+
+    plan = _plan(raw_config, tmp_path)
+    original = ModelExporter.export
+
+    def broken(self: ModelExporter, **kwargs: Any) -> Any:
+        if "round-0002" in str(kwargs["weights"]):
+            raise TrackingError("exporting the MLflow model failed: torch.export said no")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(ModelExporter, "export", broken)
+    with pytest.raises(TrackingError, match=r"every round is recorded.*version\(s\) 2 "):
+        run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(lambda _: None))
+    client = _client(plan)
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert run.data.tags[CHECKPOINT_TAG] == "4"  # every round was committed all the same
+    flavours = {
+        str(v.version): v.tags[FLAVOUR_TAG] for v in client.search_model_versions("name = 'unit'")
+    }
+    assert flavours == {
+        "1": FlavourState.READY.value,
+        "2": FlavourState.FAILED.value,
+        "3": FlavourState.READY.value,
+        "4": FlavourState.READY.value,
+    }
+
+    monkeypatch.setattr(ModelExporter, "export", original)
+    again = run_federation(
+        FakeGrid(client_handlers(4)),
+        plan,
+        display=LogProgress(lambda _: None),
+        resume=run.info.run_id,
+    )
+    assert again.outcomes == []  # nothing left to train
+    v2 = client.get_model_version("unit", "2")
+    assert v2.tags[FLAVOUR_TAG] == FlavourState.READY.value
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(plan.tracking.uri)
+    mlflow.set_registry_uri(plan.tracking.uri)
+    try:
+        model = mlflow.pytorch.load_model("models:/unit/2")
+    finally:
+        mlflow.set_tracking_uri("")
+    assert sum(p.numel() for p in model.parameters()) > 0
