@@ -7,10 +7,16 @@ a fresh process, alternating (bare, federator, bare, federator, ...) so drift hi
 * Federator — every hook on: reply screening, server-side evaluation on the hold-out, the gate,
   MLflow (run, metrics, a model version with pt2 export + safetensors per round), progress.
 
-Reported: the median round wall time without round 1 (Ray start-up), and the ratio.
+Reported: the median round wall time without round 1 (Ray start-up), and the ratio; beside it
+the whole federation's wall time, the final drain of MLflow writes and exports included.
 Goal: ratio ≤ 1.05.
 
+A second table runs each bundled config (``simulations/*.toml``) once as shipped and reports
+its durability: how far the committed checkpoints ran behind the rounds (lag in rounds and
+seconds, median and worst), how often the round loop waited for MLflow, and the drain.
+
     python -m federator.simulations.bench.hooks_overhead [--rounds 20] [--repeats 3]
+        [--configs demo mnist-cnn ...]   (--configs with no name: skip the second table)
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -40,6 +47,7 @@ from federator.simulations.bench._common import (
 )
 
 MODULE = "federator.simulations.bench.hooks_overhead"
+BUNDLED = ("demo", "digits-robust", "mnist-cnn", "mnist-dp")
 
 
 def _plan(rounds: int, runs_dir: Path) -> FederationPlan:
@@ -72,25 +80,71 @@ def _federator(plan: FederationPlan) -> dict[str, object]:
     t0 = time.monotonic()
     simulate(plan, display=display)
     drain = time.monotonic() - (display.finished or t0)
+    durability = display.result.durability if display.result else None
     return {
         "round_times": round_times(display.stamps),
         "total": time.monotonic() - t0,
         "drain": drain,
+        "durability": asdict(durability) if durability else None,
     }
+
+
+def _bundled(name: str, runs_dir: Path) -> FederationPlan:
+    raw = read_config_file(resolve_config_path(name))
+    raw["tracking"] = {"runs_dir": str(runs_dir)}
+    return build_plan(raw, source=f"bundled {name}")
+
+
+def _durability_table(console: Console, configs: list[str]) -> None:
+    table = Table(
+        title="Durability of the bundled configs (one run each, as shipped)",
+        title_justify="left",
+    )
+    cols = ("config", "rounds", "whole run (s)", "drain (s)", "lag rounds median / worst")
+    for col in (*cols, "lag s median / worst", "waits for MLflow"):
+        table.add_column(col)
+    rows = []
+    for name in configs:
+        console.print(f"[dim]durability: {name}…[/]")
+        r = run_variant(MODULE, "config", "--config", name)
+        d: dict[str, float] = r["durability"]  # type: ignore[assignment]
+        rows.append(
+            (
+                name,
+                str(int(d["saved_through"])),
+                f"{float(r['total']):.1f}",  # type: ignore[arg-type]
+                f"{float(r['drain']):.1f}",  # type: ignore[arg-type]
+                f"{d['lag_rounds_median']:g} / {int(d['lag_rounds_worst'])}",
+                f"{d['lag_seconds_median']:.2f} / {d['lag_seconds_worst']:.2f}",
+                f"{int(d['waits'])} ({d['waited_seconds']:.1f} s)",
+            )
+        )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("markdown:\n| " + " | ".join(c.header for c in table.columns) + " |")
+    console.print("|" + "---|" * len(table.columns))
+    for row in rows:
+        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variant", choices=["bare", "federator"])
+    parser.add_argument("--configs", nargs="*", default=list(BUNDLED))
+    parser.add_argument("--variant", choices=["bare", "federator", "config"])
+    parser.add_argument("--config")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     if args.variant:  # child process: one variant, result as JSON
         with tempfile.TemporaryDirectory() as tmp:
-            plan = _plan(args.rounds, Path(tmp))
-            result = _bare(plan) if args.variant == "bare" else _federator(plan)
+            if args.variant == "config":
+                result = _federator(_bundled(args.config, Path(tmp)))
+            else:
+                plan = _plan(args.rounds, Path(tmp))
+                result = _bare(plan) if args.variant == "bare" else _federator(plan)
         args.json.write_text(json.dumps(result))
         return
 
@@ -113,31 +167,41 @@ def main() -> None:
         f"{plan.training.epochs} local epoch(s), {args.rounds} rounds, {args.repeats} runs each",
         title_justify="left",
     )
-    for col in ("variant", "median round wall time (s)", "per-run medians (s)", "ratio"):
+    header = ("variant", "median round wall time (s)", "per-run medians (s)", "ratio")
+    header += ("whole run incl. drain (s), median", "whole-run ratio")
+    for col in header:
         table.add_column(col)
-    for variant, value in (("bare Flower 1.42", bare), ("Federator, all hooks", ours)):
-        key = "bare" if variant.startswith("bare") else "federator"
+    totals = {k: statistics.median(float(r["total"]) for r in v) for k, v in runs.items()}  # type: ignore[arg-type]
+    rows = []
+    for variant, key in (("bare Flower 1.42", "bare"), ("Federator, all hooks", "federator")):
+        value = med(key)
         per_run = ", ".join(f"{steady(r['round_times']):.3f}" for r in runs[key])  # type: ignore[arg-type]
-        table.add_row(variant, f"{value:.3f}", per_run, f"{value / bare:.3f}")
-    console.print(table)
-    console.print(
-        "markdown:\n| variant | median round wall time (s) | per-run medians (s) | "
-        "ratio |\n|---|---|---|---|"
-    )
-    for variant, value in (("bare Flower 1.42", bare), ("Federator, all hooks", ours)):
-        key = "bare" if variant.startswith("bare") else "federator"
-        per_run = ", ".join(f"{steady(r['round_times']):.3f}" for r in runs[key])  # type: ignore[arg-type]
-        console.print(
-            f"| {variant} | {value:.3f} | {per_run} | {value / bare:.3f} |",
-            highlight=False,
-            soft_wrap=True,
+        rows.append(
+            (
+                variant,
+                f"{value:.3f}",
+                per_run,
+                f"{value / bare:.3f}",
+                f"{totals[key]:.1f}",
+                f"{totals[key] / totals['bare']:.3f}",
+            )
         )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("markdown:\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
     drains = [float(r["drain"]) for r in runs["federator"]]  # type: ignore[arg-type]
+    lags = [r["durability"] for r in runs["federator"]]
+    worst = max(int(d["lag_rounds_worst"]) for d in lags)  # type: ignore[index]
     console.print(
         f"goal: ratio ≤ 1.05 → {'met' if ours / bare <= 1.05 else 'NOT met'}; "
         f"MLflow writes left after the last round took {statistics.median(drains):.1f} s "
-        "to drain (median)"
+        f"to drain (median); worst commit lag {worst} round(s)"
     )
+    if args.configs:
+        _durability_table(console, args.configs)
 
 
 if __name__ == "__main__":
