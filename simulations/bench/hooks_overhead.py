@@ -122,7 +122,9 @@ def _durability_table(console: Console, configs: list[str]) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print("markdown:\n| " + " | ".join(c.header for c in table.columns) + " |")
+    console.print(
+        "markdown:\n| " + " | ".join((*cols, "lag s median / worst", "waits for MLflow")) + " |"
+    )
     console.print("|" + "---|" * len(table.columns))
     for row in rows:
         console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
@@ -167,8 +169,14 @@ def main() -> None:
         f"{plan.training.epochs} local epoch(s), {args.rounds} rounds, {args.repeats} runs each",
         title_justify="left",
     )
-    header = ("variant", "median round wall time (s)", "per-run medians (s)", "ratio")
-    header += ("whole run incl. drain (s), median", "whole-run ratio")
+    header = (
+        "variant",
+        "median round wall time (s)",
+        "per-run medians (s)",
+        "ratio",
+        "whole run incl. drain (s), median",
+        "whole-run ratio",
+    )
     for col in header:
         table.add_column(col)
     totals = {k: statistics.median(float(r["total"]) for r in v) for k, v in runs.items()}  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,7 +83,8 @@ def test_the_round_loop_waits_until_the_older_round_is_committed() -> None:
     returned_at = time.monotonic()
     t.join()
     assert told == [(2, 0)]  # said once, with what was saved when waiting began
-    assert committed_at and returned_at >= committed_at[0]
+    assert committed_at
+    assert returned_at >= committed_at[0]
     assert waited >= 0.25
     report = ledger.report()
     assert (report.waits, report.saved_through) == (1, 1)
