@@ -220,7 +220,7 @@ def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
         f"{tr.uri}"
         + (f" (artifacts in {tr.artifact_location})" if tr.artifact_location else "")
         + f"; experiment {tr.experiment!r}; registered model "
-        f"{tr.registered_model!r}",
+        f"{tr.registered_model!r}; at most {tr.max_unsaved_rounds} round(s) unsaved",
     )
     return table
 

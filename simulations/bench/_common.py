@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
+from rich.console import Console
+from rich.table import Table
 
 from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
 from federator.server.plan import FederationPlan
@@ -179,3 +181,18 @@ def run_variant(module: str, variant: str, *args: str) -> dict[str, object]:
     result: dict[str, object] = json.loads(out.read_text())
     out.unlink()
     return result
+
+
+def print_table(
+    console: Console, *, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    """Print ``rows`` as a rich table, then the same table as markdown for docs/benchmarks.md."""
+    table = Table(title=title, title_justify="left")
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("markdown:\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)

@@ -30,7 +30,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from federator.server.plan import (
     FederationPlan,
@@ -41,6 +40,7 @@ from federator.server.plan import (
 from federator.simulations.bench._common import (
     StampDisplay,
     bare_flower_apps,
+    print_table,
     round_times,
     run_variant,
     steady,
@@ -96,13 +96,15 @@ def _bundled(name: str, runs_dir: Path) -> FederationPlan:
 
 
 def _durability_table(console: Console, configs: list[str]) -> None:
-    table = Table(
-        title="Durability of the bundled configs (one run each, as shipped)",
-        title_justify="left",
+    header = (
+        "config",
+        "rounds",
+        "whole run (s)",
+        "drain (s)",
+        "lag rounds median / worst",
+        "lag s median / worst",
+        "waits for MLflow",
     )
-    cols = ("config", "rounds", "whole run (s)", "drain (s)", "lag rounds median / worst")
-    for col in (*cols, "lag s median / worst", "waits for MLflow"):
-        table.add_column(col)
     rows = []
     for name in configs:
         console.print(f"[dim]durability: {name}…[/]")
@@ -119,15 +121,8 @@ def _durability_table(console: Console, configs: list[str]) -> None:
                 f"{int(d['waits'])} ({d['waited_seconds']:.1f} s)",
             )
         )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print(
-        "markdown:\n| " + " | ".join((*cols, "lag s median / worst", "waits for MLflow")) + " |"
-    )
-    console.print("|" + "---|" * len(table.columns))
-    for row in rows:
-        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
+    title = "Durability of the bundled configs (one run each, as shipped)"
+    print_table(console, title=title, header=header, rows=rows)
 
 
 def main() -> None:
@@ -164,11 +159,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plan = _plan(args.rounds, Path(tmp))
     d = plan.data
-    table = Table(
-        title=f"Hooks overhead: {plan.task_ref}, {d.clients} clients ({d.partitioner.value}), "
-        f"{plan.training.epochs} local epoch(s), {args.rounds} rounds, {args.repeats} runs each",
-        title_justify="left",
-    )
     header = (
         "variant",
         "median round wall time (s)",
@@ -177,8 +167,6 @@ def main() -> None:
         "whole run incl. drain (s), median",
         "whole-run ratio",
     )
-    for col in header:
-        table.add_column(col)
     totals = {k: statistics.median(float(r["total"]) for r in v) for k, v in runs.items()}  # type: ignore[arg-type]
     rows = []
     for variant, key in (("bare Flower 1.42", "bare"), ("Federator, all hooks", "federator")):
@@ -194,15 +182,14 @@ def main() -> None:
                 f"{totals[key] / totals['bare']:.3f}",
             )
         )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print("markdown:\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
+    title = (
+        f"Hooks overhead: {plan.task_ref}, {d.clients} clients ({d.partitioner.value}), "
+        f"{plan.training.epochs} local epoch(s), {args.rounds} rounds, {args.repeats} runs each"
+    )
+    print_table(console, title=title, header=header, rows=rows)
     drains = [float(r["drain"]) for r in runs["federator"]]  # type: ignore[arg-type]
     lags = [r["durability"] for r in runs["federator"]]
-    worst = max(int(d["lag_rounds_worst"]) for d in lags)  # type: ignore[index]
+    worst = max(int(lag["lag_rounds_worst"]) for lag in lags)  # type: ignore[index]
     console.print(
         f"goal: ratio ≤ 1.05 → {'met' if ours / bare <= 1.05 else 'NOT met'}; "
         f"MLflow writes left after the last round took {statistics.median(drains):.1f} s "

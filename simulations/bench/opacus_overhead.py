@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from federator.client.tasks import TrainSettings
 from federator.privacy import DpSgd
 from federator.server.plan import FederationPlan, build_plan, read_config_file, resolve_config_path
+from federator.simulations.bench._common import print_table
 from federator.simulations.datasets import ArrayData
 from federator.simulations.partition import client_data
 
@@ -201,7 +201,6 @@ def main() -> None:
         f"Opacus overhead: {plan.task_ref}, {len(data)} examples, batch {t.batch_size}, "
         f"SGD lr {t.lr} momentum {t.momentum}, 1 thread, {args.repeats} repeats"
     )
-    table = Table(title=title, title_justify="left")
     cols = (
         "variant",
         "epoch CPU (s), median",
@@ -212,14 +211,7 @@ def main() -> None:
         "÷ plain (CPU)",
         "÷ plain (wall)",
     )
-    for col in cols:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print("markdown:\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for row in rows:
-        console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
+    print_table(console, title=title, header=cols, rows=rows)
     fed = med("federator", "cpu") / plain_cpu
     best = min(runnable[1:], key=lambda v: med(v, "cpu"))
     best_ratio = med(best, "cpu") / plain_cpu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
 
 from federator.server._versions import Lineage, Registrar
 from federator.server.events import ClientResult, RoundOutcome, RoundStatus
@@ -38,7 +37,6 @@ def _registrar(tmp_path: Path, lineage: Lineage) -> Registrar:
         artifact_uri="file:///nowhere",
         code_version="test",
         staging=tmp_path,
-        exporter=cast(Any, None),
         signer=None,
         lineage=lineage,
     )
