@@ -14,7 +14,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from federator import FederatorError, UpdateRejected
-from federator.privacy._secagg_client import (
+from federator.privacy.secagg_client import (
     fitres_reply,
     read_fitins,
     secagg_mods,

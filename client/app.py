@@ -20,7 +20,6 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from federator import FederatorError, ReleaseRefused, __version__
-from federator.client._packing import packed_io
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client._secagg import secagg_client_mods, secagg_handler
 from federator.client.instructions import Instructions, read_instructions
@@ -33,11 +32,12 @@ from federator.client.node import (
     open_store,
     privacy_policy,
 )
+from federator.client.packing import packed_io
 from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
-from federator.privacy._secagg_client import SECAGG_ACTION
 from federator.privacy.central import client_clipping
+from federator.privacy.secagg_client import SECAGG_ACTION
 from federator.simulations.partition import ClientData, client_data
 from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY, NUM_EXAMPLES
 

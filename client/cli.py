@@ -45,7 +45,7 @@ def keys_generate(
     ] = None,
 ) -> None:
     """Create the federation's Ed25519 release key pair (private key 0600)."""
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         passphrase = None
@@ -65,7 +65,7 @@ def keys_generate(
 @node_app.command("models")
 def node_models(store: StoreOpt) -> None:
     """List the versions kept in the store, each re-verified against its signature."""
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.reopen(store)
@@ -92,7 +92,7 @@ def node_init(
     keep: Annotated[int, typer.Option("--keep", help="Versions to keep.")] = 3,
 ) -> None:
     """Create a model store that accepts releases of MODEL signed with the pinned key."""
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.open(store, pinned_key=pinned_key, model=model, keep=keep)
@@ -110,7 +110,7 @@ def node_install(
 ) -> None:
     """Verify and install a release by hand (e.g. one exported with `federator models
     export`); a refusal says why and leaves the installed model as it was."""
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.reopen(store)
@@ -134,7 +134,7 @@ def node_rollback(
     ] = None,
 ) -> None:
     """Point `current` at an older kept version (verified first)."""
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.reopen(store)
@@ -165,7 +165,7 @@ def node_predict(
     """Predict with the installed (current) model; prints `row,prediction` lines."""
     import torch
 
-    from federator.server.cli import run_action
+    from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.reopen(store)

@@ -20,17 +20,17 @@ from flwr.common.constant import HEARTBEAT_PATIENCE
 
 from federator import DataError, DeploymentError
 from federator.client._node_loop import HEARTBEAT_INTERVAL, PULL_INTERVAL
-from federator.client._processes import (
+from federator.client.local_data import load_node_data
+from federator.client.node_policy import NodePolicy, load_policy
+from federator.client.processes import (
     ManagedProcess,
     flower_env,
     launch,
     node_config_string,
     wait_for_log,
 )
-from federator.client.local_data import load_node_data
-from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.tasks import resolve_task
-from federator.server.kits import NodeKit
+from federator.server.deploy.kits import NodeKit
 
 
 @dataclass(frozen=True, kw_only=True)

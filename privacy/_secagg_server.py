@@ -14,13 +14,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.serverapp import Grid
 
-from federator.privacy._secagg_client import SECAGG_MESSAGE_TYPE
-from federator.strategies._grid import ForwardingGrid
+from federator.privacy.secagg_client import SECAGG_MESSAGE_TYPE
+from federator.strategies.grid import ForwardingGrid
 
 
 class SendReceive(Protocol):
     """Push messages and collect the replies that arrive within ``timeout`` seconds
-    (`federator.server._exchange.Exchange` is one: interruptible between polls)."""
+    (`federator.server.federation.exchange.Exchange` is one: interruptible between polls)."""
 
     def __call__(self, messages: Iterable[Message], *, timeout: float) -> list[Message]: ...
 

@@ -37,7 +37,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from federator.privacy._secagg_client import (
+from federator.privacy._secagg_server import OneRound, SendReceive, StageGrid
+from federator.privacy.secagg_client import (
     CLIPPING_KEY,
     KEYS_KEY,
     MAX_WEIGHT_KEY,
@@ -47,7 +48,6 @@ from federator.privacy._secagg_client import (
     read_fitins,
     secagg_mods,
 )
-from federator.privacy._secagg_server import OneRound, SendReceive, StageGrid
 
 MODULUS_RANGE = 2**32  # Flower's default; masks are drawn from [0, 2**32)
 

@@ -1,18 +1,15 @@
 """The coordinator side: config and plan, the round loop, the gate, MLflow tracking, the CLI,
 and deployment kits (`provision`, `load_node_kit`, `load_coordinator_kit`)."""
 
-from federator.server._manifest import KitKind
-from federator.server.app import build_server_app
-from federator.server.gate import Gate, GatePolicy
-from federator.server.kits import (
+from federator.server.deploy.kits import (
     CoordinatorKit,
     NodeKey,
     NodeKit,
     load_coordinator_kit,
     load_node_kit,
 )
-from federator.server.plan import FederationPlan, build_plan, load_plan
-from federator.server.provision import (
+from federator.server.deploy.manifest import KitKind
+from federator.server.deploy.provision import (
     FederationSpec,
     PartyKit,
     ProvisionReport,
@@ -20,7 +17,10 @@ from federator.server.provision import (
     provision,
     read_federation_file,
 )
-from federator.server.runner import run_federation
+from federator.server.federation.app import build_server_app
+from federator.server.federation.gate import Gate, GatePolicy
+from federator.server.federation.runner import run_federation
+from federator.server.plan import FederationPlan, build_plan, load_plan
 from federator.server.tracking import MlflowTracking
 
 __all__ = [

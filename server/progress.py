@@ -16,7 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from federator.server.events import FederationStarted, FederationSummary, RoundOutcome, RoundStatus
+from federator.server.federation.events import (
+    FederationStarted,
+    FederationSummary,
+    RoundOutcome,
+    RoundStatus,
+)
 from federator.server.releases import DeliveryReport
 
 

@@ -32,8 +32,8 @@ from federator.client.release import (
     build_statement,
     sign_statement,
 )
-from federator.server._exchange import Exchange
-from federator.server.nodes import NodeDirectory
+from federator.server.federation.exchange import Exchange
+from federator.server.federation.nodes import NodeDirectory
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from federator import FederationFailed, FederationInterrupted, FederatorError
 
 if TYPE_CHECKING:  # the server imports this package; import it back only for types
-    from federator.server.events import FederationSummary
+    from federator.server.federation.events import FederationSummary
+    from federator.server.federation.runner import Display
     from federator.server.plan import FederationPlan
-    from federator.server.runner import Display
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +93,7 @@ def simulate(
     """
     _quiet_environment()
     os.environ.update(node_environment(plan))  # before Ray starts: its workers inherit it
-    from federator.server._mlflow_io import preflight
+    from federator.server.tracking.mlflow_io import preflight
 
     # Before Ray starts: an unreachable tracking store must start nothing at all.
     preflight(plan.tracking.uri, artifact_location=plan.tracking.artifact_location)
@@ -103,7 +103,7 @@ def simulate(
         _quiet_warnings()  # after Flower's import, which turns DeprecationWarnings back on
 
     from federator.client.app import app as client_app
-    from federator.server.app import RunHandle, build_server_app
+    from federator.server.federation.app import RunHandle, build_server_app
 
     res = resources or SimulationResources()
     handle = RunHandle()

@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from federator.strategies._grid import ForwardingGrid
+from federator.strategies.grid import ForwardingGrid
 from federator.strategies.screening import ArraySpec, Screened, array_specs, screen_replies
 
 NodeOrder = Callable[[int], str]

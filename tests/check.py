@@ -1,4 +1,5 @@
-"""Run every check Federator's CI runs: lint, format, types, unit and integration tests.
+"""Run every check Federator's CI runs: lint (with complexity limits), format, types, the
+import-layer contracts (pyproject.toml), unit and integration tests.
 
     python tests/check.py          everything (what `make test` and CI run)
     python tests/check.py --unit   skip the multi-process integration tests
@@ -31,6 +32,7 @@ def main() -> int:
         ("ruff lint", [str(BIN / "ruff"), "check", "."]),
         ("ruff format", [str(BIN / "ruff"), "format", "--check", "."]),
         ("mypy (strict)", [str(BIN / "mypy"), "-p", "federator"]),
+        ("import contracts", [str(BIN / "lint-imports"), "--no-cache"]),
         ("unit tests", [sys.executable, "-m", "pytest", "tests/unit", "-q", "--timeout", "300"]),
     ]
     if not unit_only:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from federator.server.provision import (
+from federator.server.deploy.provision import (
     FederationSpec,
     ProvisionReport,
     parse_federation,

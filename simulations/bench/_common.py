@@ -20,9 +20,9 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from rich.console import Console
 from rich.table import Table
 
-from federator.server.events import FederationStarted, FederationSummary, RoundOutcome
+from federator.server.federation.events import FederationStarted, FederationSummary, RoundOutcome
+from federator.server.federation.rounds import initial_arrays
 from federator.server.plan import FederationPlan
-from federator.server.rounds import initial_arrays
 from federator.simulations.partition import client_data
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from federator import DeploymentError
-from federator.client._processes import flower_command, launch
+from federator.client.processes import flower_command, launch
 from federator.simulations.bench._latency_common import (
     STARTED,
     Timing,

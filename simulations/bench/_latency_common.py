@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federator import DeploymentError
-from federator.client._processes import ManagedProcess, flower_env, wait_for_log
+from federator.client.processes import ManagedProcess, flower_env, wait_for_log
 
 STARTED = re.compile(r"Successfully started run (\d+)")
 

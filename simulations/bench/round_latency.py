@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federator import DeploymentError
-from federator.client._processes import BIN, launch
+from federator.client.processes import BIN, launch
 from federator.simulations.bench._latency_bare import run_bare
 from federator.simulations.bench._latency_common import (
     STARTED,

@@ -402,7 +402,7 @@ fraction_evaluate = 0.0
     assert run_id is not None
     from mlflow import MlflowClient
 
-    from federator.server.checkpoint import CHECKPOINT_TAG
+    from federator.server.federation.checkpoint import CHECKPOINT_TAG
 
     uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

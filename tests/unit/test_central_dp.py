@@ -21,11 +21,11 @@ from flwr.app import Message
 
 from federator import ConfigError
 from federator.privacy.central import UNIFORM_WEIGHT
-from federator.server._exchange import Exchange
-from federator.server.events import RoundStatus
-from federator.server.nodes import NodeDirectory
+from federator.server.federation.events import RoundStatus
+from federator.server.federation.exchange import Exchange
+from federator.server.federation.nodes import NodeDirectory
+from federator.server.federation.rounds import Federation, ServerEvaluator
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import Federation, ServerEvaluator
 from federator.simulations.partition import server_holdout
 
 DELTA = 1e-5

@@ -13,9 +13,9 @@ from fakes import FakeGrid, client_handlers, server_identity
 from typer.testing import CliRunner
 
 from federator.server.cli import app
+from federator.server.federation.runner import run_federation
 from federator.server.plan import build_plan
 from federator.server.progress import LogProgress
-from federator.server.runner import run_federation
 
 runner = CliRunner()
 

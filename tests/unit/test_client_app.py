@@ -12,8 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from federator.client import app as client
 from federator.client.app import REFUSED
+from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import initial_arrays, instructions_for
 from federator.simulations.partition import client_data
 
 

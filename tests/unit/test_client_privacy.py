@@ -13,8 +13,8 @@ from flwr.app import Context, Message, RecordDict
 from federator.client import app as client
 from federator.client.app import REFUSED
 from federator.privacy import PrivacyLedger
+from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import initial_arrays, instructions_for
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from federator import ConfigError
-from federator.server._overrides import apply_overrides, parse_override
 from federator.server.plan import (
     build_plan,
     bundled_examples,
@@ -17,6 +16,7 @@ from federator.server.plan import (
     load_plan,
     read_config_file,
 )
+from federator.server.plan.overrides import apply_overrides, parse_override
 
 
 def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

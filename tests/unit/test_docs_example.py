@@ -11,11 +11,11 @@ import pytest
 from fakes import FakeGrid, client_handlers, server_identity
 from typer.testing import CliRunner
 
-from federator.server._overrides import parse_override
 from federator.server.cli import app
+from federator.server.federation.runner import run_federation
 from federator.server.plan import load_plan
+from federator.server.plan.overrides import parse_override
 from federator.server.progress import LogProgress
-from federator.server.runner import run_federation
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLES = DOCS / "examples"

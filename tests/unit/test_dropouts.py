@@ -10,11 +10,11 @@ import pytest
 from fakes import FakeGrid, VirtualClock, client_handlers, server_identity
 
 from federator import FederationFailed
-from federator.server._exchange import Exchange
-from federator.server.events import RoundOutcome, RoundStatus
-from federator.server.nodes import NodeDirectory
+from federator.server.federation.events import RoundOutcome, RoundStatus
+from federator.server.federation.exchange import Exchange
+from federator.server.federation.nodes import NodeDirectory
+from federator.server.federation.rounds import Federation, ServerEvaluator
 from federator.server.plan import build_plan
-from federator.server.rounds import Federation, ServerEvaluator
 from federator.simulations.partition import server_holdout
 
 

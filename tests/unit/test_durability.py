@@ -16,14 +16,14 @@ import pytest
 from fakes import FakeGrid, client_handlers, server_identity
 
 from federator import TrackingError
-from federator.server._durability import DurabilityLedger
-from federator.server._export import FLAVOUR_TAG, FlavourState, ModelExporter
-from federator.server._versions import Registrar
-from federator.server.checkpoint import CHECKPOINT_TAG
-from federator.server.events import RoundOutcome
+from federator.server.federation.checkpoint import CHECKPOINT_TAG
+from federator.server.federation.events import RoundOutcome
+from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
-from federator.server.runner import run_federation
+from federator.server.tracking._export import FLAVOUR_TAG, FlavourState, ModelExporter
+from federator.server.tracking._versions import Registrar
+from federator.server.tracking.durability import DurabilityLedger
 
 
 class _Clock:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federator.server.config import GateMetric
-from federator.server.gate import Candidate, Gate, GatePolicy, Verdict
+from federator.server.federation.gate import Candidate, Gate, GatePolicy, Verdict
+from federator.server.plan.config import GateMetric
 
 
 def gate(

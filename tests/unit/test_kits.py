@@ -19,8 +19,8 @@ from provisioning import NODES, T0, clock_at, later, make_kits, spec
 
 from federator import ConfigError
 from federator.client.keys import key_id, load_public_key
-from federator.server.kits import load_coordinator_kit, load_node_kit
-from federator.server.provision import ProvisionReport, provision
+from federator.server.deploy.kits import load_coordinator_kit, load_node_kit
+from federator.server.deploy.provision import ProvisionReport, provision
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from federator import DeploymentError
 from federator.client import _node_loop
-from federator.client._processes import flower_env, launch, wait_for_log
+from federator.client.processes import flower_env, launch, wait_for_log
 from federator.client.supernode import (
     ACTIVATION_REFUSED,
     ADMITTED,

@@ -14,8 +14,8 @@ from flwr.app import Context, Message, RecordDict
 from federator import ConfigError
 from federator.client import app as client
 from federator.client.node_policy import parse_policy
+from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import initial_arrays, instructions_for
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federator import UpdateRejected
-from federator.client._packing import PACKED, is_packed, pack, pack_content, packed_io, unpack
-from federator.server._exchange import UNREADABLE_REPLY, Exchange
+from federator.client.packing import PACKED, is_packed, pack, pack_content, packed_io, unpack
+from federator.server.federation.exchange import UNREADABLE_REPLY, Exchange
 
 
 def _record() -> ArrayRecord:

@@ -20,7 +20,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, 
 from flwr.supercore.run import Run
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from federator.server._patient_pull import pull_function
+from federator.server.federation._patient_pull import pull_function
 
 
 class FakeRuntime:

@@ -10,7 +10,7 @@ from fakes import FakeGrid, instruction, server_identity
 from flwr.app import RecordDict
 
 from federator import ConfigError
-from federator.server._exchange import EXPIRY_MARGIN, Exchange
+from federator.server.federation.exchange import EXPIRY_MARGIN, Exchange
 from federator.server.plan import build_plan
 
 

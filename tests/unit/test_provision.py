@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 
 from federator import ConfigError
 from federator.client.keys import key_id
-from federator.server._manifest import FEDERATION_NAME
 from federator.server.cli import app
-from federator.server.kits import load_coordinator_kit, load_node_kit
-from federator.server.provision import ProvisionReport, parse_federation, provision
+from federator.server.deploy.kits import load_coordinator_kit, load_node_kit
+from federator.server.deploy.manifest import FEDERATION_NAME
+from federator.server.deploy.provision import ProvisionReport, parse_federation, provision
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ def test_release_key_and_manifests(kits: ProvisionReport) -> None:
 
 
 def test_federation_name_pattern_matches_the_config() -> None:
-    from federator.server.config import _NAME
+    from federator.server.plan.config import _NAME
 
     assert FEDERATION_NAME == _NAME
 

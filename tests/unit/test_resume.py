@@ -14,7 +14,7 @@ from fakes import FakeGrid, client_handlers, server_identity
 from flwr.serverapp.strategy import FedAdam
 
 from federator import ConfigError, FederationInterrupted, TrackingError
-from federator.server.checkpoint import (
+from federator.server.federation.checkpoint import (
     CHECKPOINT_TAG,
     Checkpoint,
     load_strategy_state,
@@ -22,10 +22,10 @@ from federator.server.checkpoint import (
     strategy_state,
     write_checkpoint,
 )
+from federator.server.federation.rounds import initial_arrays
+from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
-from federator.server.rounds import initial_arrays
-from federator.server.runner import run_federation
 from federator.server.tracking import MlflowTracking
 
 
@@ -235,7 +235,7 @@ def test_a_run_killed_before_its_first_commit_resumes_from_round_1(
 def test_a_failed_export_loses_no_round_and_a_resume_exports_it(
     raw_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from federator.server._export import FLAVOUR_TAG, FlavourState, ModelExporter
+    from federator.server.tracking._export import FLAVOUR_TAG, FlavourState, ModelExporter
 
     plan = _plan(raw_config, tmp_path)
     original = ModelExporter.export

@@ -12,11 +12,11 @@ from fakes import FakeGrid, Recorder, VirtualClock, client_handlers, server_iden
 from flwr.app import Array, Message
 
 from federator import FederationFailed
-from federator.server._exchange import Exchange
-from federator.server.events import RoundStatus
-from federator.server.nodes import NodeDirectory
+from federator.server.federation.events import RoundStatus
+from federator.server.federation.exchange import Exchange
+from federator.server.federation.nodes import NodeDirectory
+from federator.server.federation.rounds import Federation, ServerEvaluator
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import Federation, ServerEvaluator
 from federator.simulations.partition import server_holdout
 
 

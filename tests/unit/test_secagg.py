@@ -21,11 +21,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from federator import ConfigError, UpdateRejected
 from federator.client import app as client
-from federator.privacy import _secagg_client as sc
 from federator.privacy import secagg
-from federator.server._secagg_round import apply_mean
+from federator.privacy import secagg_client as sc
+from federator.server.federation._secagg_round import apply_mean
+from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
-from federator.server.rounds import initial_arrays, instructions_for
 from federator.strategies.screening import NUM_EXAMPLES
 
 PARAMS = secagg.SecAggParams(
@@ -294,7 +294,7 @@ def test_flowers_legacy_api_is_used_in_the_secagg_modules_only() -> None:
         if not {"tests", ".venv", "federator-runs"} & set(path.relative_to(root).parts)
         and any(marker in path.read_text() for marker in legacy)
     }
-    assert users == {"privacy/secagg.py", "privacy/_secagg_client.py", "privacy/_secagg_server.py"}
+    assert users == {"privacy/secagg.py", "privacy/secagg_client.py", "privacy/_secagg_server.py"}
 
 
 def test_the_round_loop_skips_an_aborted_round_and_registers_survivors_only(
@@ -302,10 +302,10 @@ def test_the_round_loop_skips_an_aborted_round_and_registers_survivors_only(
 ) -> None:
     from fakes import FakeGrid, VirtualClock
 
-    from federator.server._exchange import Exchange
-    from federator.server.events import RoundStatus
-    from federator.server.nodes import NodeDirectory
-    from federator.server.rounds import Federation, ServerEvaluator
+    from federator.server.federation.events import RoundStatus
+    from federator.server.federation.exchange import Exchange
+    from federator.server.federation.nodes import NodeDirectory
+    from federator.server.federation.rounds import Federation, ServerEvaluator
     from federator.simulations.partition import client_data, server_holdout
 
     raw = copy.deepcopy(raw_config)

@@ -8,15 +8,15 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from federator import ConfigError
-from federator.server._overrides import parse_override
-from federator.server.app import _plan_from, _resume_from
-from federator.server.submit import (
+from federator.server.deploy.submit import (
     RESUME_KEY,
     SUBMITTED_KEY,
     decode_config,
     encode_config,
     submitted_config,
 )
+from federator.server.federation.app import _plan_from, _resume_from
+from federator.server.plan.overrides import parse_override
 
 CONFIG = """
 [federation]

@@ -18,9 +18,9 @@ from fakes import FakeGrid, client_handlers, server_identity
 
 from federator import FederationFailed, FederationInterrupted, TrackingError
 from federator.client.weights import load_safetensors
+from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
-from federator.server.runner import run_federation
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from federator.server._versions import Lineage, Registrar
-from federator.server.events import ClientResult, RoundOutcome, RoundStatus
+from federator.server.federation.events import ClientResult, RoundOutcome, RoundStatus
 from federator.server.plan import load_plan
+from federator.server.tracking._versions import Lineage, Registrar
 
 
 def _outcome(epsilons: dict[str, float]) -> RoundOutcome:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from federator.server._worker import OrderedWorker
+from federator.server.tracking._worker import OrderedWorker
 
 
 def test_jobs_run_in_order_and_close_waits_for_all() -> None:

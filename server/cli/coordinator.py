@@ -1,0 +1,132 @@
+"""``federator coordinator start`` and ``federator run`` (registered by `register`).
+
+federator coordinator start --kit DIR [--host H] [--port P] [--state DIR]
+federator run CONFIG --coordinator ADDR --kit DIR [--rounds N ...]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federator import DeploymentError
+
+out = Console()
+coordinator_app = typer.Typer(no_args_is_help=True, help="The coordinator's SuperLink.")
+
+KitOpt = Annotated[Path, typer.Option("--kit", help="The coordinator kit (from provision).")]
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    kit: KitOpt,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. Default 127.0.0.1: the Control API shares this port, so "
+            "expose it (e.g. 0.0.0.0) only behind a firewall that admits the partner nodes.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: the kit's address).")
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="Database, logs, FLWR_HOME (default: KIT/state)."),
+    ] = None,
+) -> None:
+    """Start the SuperLink (TLS, node authentication, persistent database), register the
+    federation's node keys, and run until Ctrl-C."""
+    from federator.client.actions import run_action
+    from federator.client.processes import supervise
+    from federator.server.deploy.coordinator import start_coordinator
+    from federator.server.deploy.kits import load_coordinator_kit
+
+    def go() -> None:
+        coordinator_kit = load_coordinator_kit(kit)
+        folder = state or kit / "state"
+        out.print(f"starting the SuperLink for {coordinator_kit.federation!r} …")
+        running = start_coordinator(coordinator_kit, state=folder, host=host, port=port)
+        table = Table(
+            title=f"Coordinator for {coordinator_kit.federation!r}",
+            show_header=False,
+            title_justify="left",
+        )
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("listening", f"{running.address} (TLS; nodes need a registered key)")
+        table.add_row("nodes registered", ", ".join(running.registered))
+        table.add_row("database", str(folder / "superlink.db"))
+        table.add_row("log", str(running.process.log))
+        table.add_row("SuperLink", f"pid {running.process.pid}")
+        table.add_row(
+            "submit a run",
+            f"federator run CONFIG --coordinator {running.address} --kit {kit}",
+        )
+        out.print(table)
+        out.print("[green]ready[/]: Ctrl-C stops the coordinator")
+        out.file.flush()  # a supervisor reading our output must see this now
+        supervise([running.process])
+        out.print("coordinator stopped")
+
+    run_action(go)
+
+
+def run_command(
+    config: Annotated[str, typer.Argument(help="The federation config (as for simulate).")],
+    coordinator: Annotated[
+        str, typer.Option("--coordinator", help="The SuperLink's address, host:port.")
+    ],
+    kit: KitOpt,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Override rounds.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue this MLflow run after its last checkpoint (e.g. after a coordinator "
+            "restart; same config).",
+        ),
+    ] = None,
+) -> None:
+    """Submit CONFIG to a running coordinator and stream its progress until it ends."""
+    from federator.client.actions import run_action
+    from federator.server.cli import _overrides
+    from federator.server.deploy.kits import load_coordinator_kit
+    from federator.server.deploy.submit import submit_run, submitted_config
+    from federator.server.plan import resolve_config_path
+
+    def go() -> None:
+        coordinator_kit = load_coordinator_kit(kit)
+        overrides = _overrides(rounds, None, None, None, set_)
+        _, raw = submitted_config(resolve_config_path(config), overrides=overrides)
+        state = kit / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        status = submit_run(
+            raw,
+            coordinator=coordinator,
+            ca_cert=coordinator_kit.ca_cert,
+            federation=coordinator_kit.federation,
+            state=state,
+            resume=resume,
+        )
+        if status != "finished:completed":
+            raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")
+
+    run_action(go)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``coordinator …`` and ``run`` to the ``federator`` app."""
+    app.add_typer(coordinator_app, name="coordinator")
+    app.command("run")(run_command)
+
+
+__all__ = ["coordinator_app", "register", "run_command"]

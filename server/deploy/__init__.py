@@ -1,0 +1,2 @@
+"""A real deployment: provisioning, kits, certificates, the coordinator, submitting runs and
+the Flower App it submits."""

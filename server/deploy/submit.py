@@ -1,0 +1,131 @@
+"""`federator run CONFIG --coordinator ADDR`: submit a federation to a running coordinator.
+
+The same federation config as in simulation, validated here first (a bad config starts
+nothing), then sent — resolved, as JSON in the run config — with ``flwr run`` to the
+coordinator's SuperLink over TLS. The ServerApp on the coordinator runs it exactly as
+``federator simulate`` does (rounds, gate, MLflow versions, signed releases); its progress
+and closing summary stream back to this terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from federator import DeploymentError
+from federator.client.processes import flower_command, flower_env
+from federator.server.deploy.coordinator import flwr_cli, write_flwr_home
+from federator.server.federation.run_config import (
+    RESUME_KEY,
+    SUBMITTED_KEY,
+    decode_config,
+    encode_config,
+)
+from federator.server.plan import FederationPlan, build_plan, read_config_file
+from federator.server.plan.overrides import Override, apply_overrides
+
+APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+_STARTED = re.compile(r"Successfully started run (\d+)")
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def submitted_config(
+    path: Path, *, overrides: Sequence[Override] = ()
+) -> tuple[FederationPlan, dict[str, Any]]:
+    """The config at ``path`` with ``overrides``, validated, and as it will be sent: local
+    paths made absolute (the coordinator's ServerApp resolves nothing against the
+    submitter's working directory). Defaults are left for the coordinator to fill in."""
+    raw = apply_overrides(read_config_file(path), overrides)
+    plan = build_plan(raw, source=str(path))
+    raw = json.loads(json.dumps(raw))
+    tracking = raw.setdefault("tracking", {})
+    tracking["runs_dir"] = str(plan.tracking.runs_dir.resolve())
+    release = raw.get("release") or {}
+    for key in ("signing_key", "public_key"):
+        if release.get(key):
+            release[key] = str(Path(release[key]).resolve())
+    return plan, dict(raw)
+
+
+def submit_run(
+    raw: dict[str, Any],
+    *,
+    coordinator: str,
+    ca_cert: Path,
+    federation: str,
+    state: Path,
+    timeout: float | None = None,
+    resume: str | None = None,
+    echo: Callable[[str], None] = _echo,
+) -> str:
+    """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
+    until it ends, and return the run's final status (``finished:completed`` on success).
+
+    ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is asked of
+    the SuperLink afterwards. ``resume``: an MLflow run id to continue after its last
+    checkpoint (after a coordinator restart). `DeploymentError` if nothing was submitted."""
+    home = write_flwr_home(
+        state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
+    )
+    run_config = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
+    if resume:
+        if not resume.isalnum():
+            raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
+        run_config += f" {RESUME_KEY}='{resume}'"
+    argv = [
+        flower_command("flwr"),
+        "run",
+        str(APP_DIR),
+        federation,
+        "--stream",
+        "--run-config",
+        run_config,
+    ]
+    run_id = None
+    with subprocess.Popen(
+        argv,
+        env=flower_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            echo(line.rstrip("\n"))
+            if run_id is None and (m := _STARTED.search(line)):
+                run_id = m.group(1)
+        code = proc.wait(timeout=timeout)
+    if run_id is None:
+        raise DeploymentError(f"the coordinator did not accept the run (flwr exit {code})")
+    return run_status(run_id, home=home, federation=federation)
+
+
+def run_status(run_id: str, *, home: Path, federation: str) -> str:
+    """The SuperLink's status text of run ``run_id`` (e.g. ``finished:failed``)."""
+    probe = flwr_cli(["ls", federation, "--run-id", run_id, "--format", "json"], home=home)
+    try:
+        runs = json.loads(probe.stdout)["runs"]
+        return str(runs[0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise DeploymentError(
+            f"cannot read the status of run {run_id}: {probe.stdout[-500:]}{probe.stderr[-500:]}"
+        ) from None
+
+
+__all__ = [
+    "APP_DIR",
+    "RESUME_KEY",
+    "SUBMITTED_KEY",
+    "decode_config",
+    "encode_config",
+    "run_status",
+    "submit_run",
+    "submitted_config",
+]

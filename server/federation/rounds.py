@@ -1,0 +1,397 @@
+"""The round loop: sample, train, screen, aggregate, evaluate, gate — and tell observers.
+
+Federator drives a Flower strategy's four steps itself instead of calling
+``Strategy.start``, because a serious federation needs what ``start`` does not give: waiting
+until the nodes it needs are connected (``start`` samples before they are, and silently uses
+fewer), skipping a round that got too few good updates instead of failing the run, a
+server-side gate on every candidate, and events for MLflow and the progress display.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExhausted
+from flwr.serverapp.strategy import Strategy
+
+from federator import FederationFailed
+from federator.client.instructions import (
+    DataInstructions,
+    Instructions,
+    LocalDpInstructions,
+    TrainingInstructions,
+)
+from federator.client.tasks import Evaluation, Task
+from federator.client.weights import load_arrays, model_arrays
+from federator.privacy.central import CentralDp, ClippingSide, central_dp
+from federator.server.federation._secagg_round import SecAggTraining
+from federator.server.federation.checkpoint import Checkpoint, load_strategy_state, strategy_state
+from federator.server.federation.events import (
+    ClientRefusal,
+    ClientResult,
+    FederationStarted,
+    Observer,
+    RoundOutcome,
+    RoundStatus,
+)
+from federator.server.federation.exchange import Exchange
+from federator.server.federation.gate import Candidate, Gate
+from federator.server.federation.nodes import NodeDirectory
+from federator.server.plan import FederationPlan
+from federator.server.plan.config import GateMetric
+from federator.simulations.datasets import ArrayData
+from federator.strategies import Guarded, Screened
+
+MAX_CONSECUTIVE_SKIPS = 3
+
+
+def _scalars(record: MetricRecord | None) -> dict[str, float]:
+    """The scalar entries of an aggregated MetricRecord."""
+    return {k: float(v) for k, v in (record or {}).items() if isinstance(v, int | float)}
+
+
+class ServerEvaluator:
+    """Evaluates global models on the coordinator's held-out data (never seen by clients)."""
+
+    def __init__(self, task: Task, holdout: ArrayData) -> None:
+        self._task = task
+        self._holdout = holdout
+        self._model = task.build_model()
+
+    def __call__(self, arrays: ArrayRecord) -> Evaluation:
+        load_arrays(self._model, arrays)
+        return self._task.evaluate(self._model, self._holdout)
+
+    def example_input(self) -> object:
+        """Two held-out examples: the input example MLflow stores with each model."""
+        return self._holdout.x[:2]
+
+
+def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
+    """The instructions every client receives for this plan (``run_id``: the MLflow run,
+    which names the run in each node's privacy ledger)."""
+    d, t, local, central = plan.data, plan.training, plan.privacy.local, plan.privacy.central
+    return Instructions(
+        federation=plan.name,
+        run=run_id,
+        strategy=plan.strategy.name,
+        secagg=plan.privacy.secagg is not None,
+        central_clipping=central.clipping
+        if central is not None and central.side is ClippingSide.CLIENT
+        else None,
+        local_dp=None
+        if local is None
+        else LocalDpInstructions(
+            target_epsilon=local.target_epsilon,
+            delta=local.delta,
+            max_grad_norm=local.max_grad_norm,
+            accountant=local.accountant,
+            rounds=local.rounds,
+        ),
+        task=plan.task_ref,
+        data=DataInstructions(
+            dataset=d.dataset,
+            clients=d.clients,
+            partitioner=d.partitioner,
+            seed=d.seed,
+            alpha=d.alpha,
+            min_partition_size=d.min_partition_size,
+            shards_per_client=d.shards_per_client,
+            server_holdout=d.server_holdout,
+            client_val_fraction=d.client_val_fraction,
+        ),
+        training=TrainingInstructions(
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=t.optimizer,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            seed=t.seed,
+        ),
+    )
+
+
+def initial_arrays(task: Task, seed: int) -> ArrayRecord:
+    """The round-0 global model: the task's model initialised from the federation seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model_arrays(task.build_model())
+
+
+@dataclass
+class _RoundState:
+    arrays: ArrayRecord
+    consecutive_skips: int = 0
+    first_round: int = 1
+
+
+class Federation:
+    """Runs a plan's rounds on a grid and reports to observers.
+
+    ``exchange`` sends and collects messages (its cancel event stops the federation between
+    polls); ``clock`` is injectable so tests can control round wall times.
+    """
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        *,
+        grid: Grid,
+        evaluator: ServerEvaluator,
+        directory: NodeDirectory,
+        observers: Sequence[Observer],
+        exchange: Exchange | None = None,
+        node_timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        run_id: str = "",
+    ):
+        self.plan = plan
+        self.run_id = run_id
+        self._grid = grid
+        self._exchanger = exchange or Exchange(grid)
+        self._evaluate = evaluator
+        self._directory = directory
+        self._observers = list(observers)
+        self._node_timeout = node_timeout
+        self._clock = clock
+        self.gate = Gate(plan.gate)
+        self._base = plan.strategy.build()
+        central = plan.privacy.central
+        self.central: CentralDp | None = central_dp(self._base, central) if central else None
+        inner: Strategy = self.central.strategy if self.central else self._base
+        self.strategy = Guarded(inner, seed=plan.seed, node_order=directory.order_key)
+        # Why the federation ended before its last round (None: it did not).
+        self.stop_reason: str | None = None
+        self._config = instructions_for(plan, run_id=run_id).to_config()
+        self._secagg = (
+            SecAggTraining(
+                plan.privacy.secagg,
+                grid=grid,
+                exchange=self._exchanger,
+                directory=directory,
+                round_timeout=plan.strategy.round_timeout,
+            )
+            if plan.privacy.secagg is not None
+            else None
+        )
+
+    def run(self, *, resume: Checkpoint | None = None, resumed: bool = False) -> list[RoundOutcome]:
+        """Wait for nodes, then run every round (after ``resume``'s, when given); returns
+        the outcome of each round run here. Each outcome carries the round's checkpoint.
+        ``resumed``: this continues an interrupted run (even one with no checkpoint yet)."""
+        plan = self.plan
+        needed = plan.strategy.sampling.min_available_nodes
+        self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
+        nodes = self._directory.refresh()
+        if resume is None:
+            state = _RoundState(arrays=initial_arrays(plan.task(), plan.seed))
+        else:
+            state = _RoundState(
+                arrays=resume.arrays,
+                consecutive_skips=resume.consecutive_skips,
+                first_round=resume.round + 1,
+            )
+            self.gate.load_state_dict(resume.gate)
+            load_strategy_state(self._base, plan.strategy.spec.state_attrs, resume.strategy_state)
+            if self.central is not None:
+                self.central.load_state_dict(dict(resume.privacy))
+        started = FederationStarted(
+            plan=plan,
+            nodes=nodes,
+            initial_eval=self._evaluate(state.arrays),
+            example_input=self._evaluate.example_input(),
+            resumed_after=state.first_round - 1,
+            resumed=resumed or resume is not None,
+            run_id=self.run_id,
+        )
+        for obs in self._observers:
+            obs.on_start(started)
+        outcomes: list[RoundOutcome] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="federator-eval") as pool:
+            self._run_rounds(state, outcomes, pool)
+        return outcomes
+
+    def _run_rounds(
+        self, state: _RoundState, outcomes: list[RoundOutcome], server_side: Executor
+    ) -> None:
+        for rnd in range(state.first_round, self.plan.rounds + 1):
+            self._exchanger.check()
+            try:
+                outcome = self._round(rnd, state.arrays, server_side)
+            except CentralBudgetExhausted as err:
+                # Raised before any message of this round was sent: nothing was released.
+                self.stop_reason = f"round {rnd} would exceed the central DP budget: {err}"
+                return
+            if outcome.status is RoundStatus.COMPLETED and outcome.arrays is not None:
+                state.arrays = outcome.arrays
+                state.consecutive_skips = 0
+            else:
+                state.consecutive_skips += 1
+            outcome = replace(outcome, checkpoint=self._checkpoint(rnd, state))
+            outcomes.append(outcome)
+            for obs in self._observers:
+                obs.on_round(outcome)
+            if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise FederationFailed(
+                    f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
+                    f"one because {outcome.skip_reason}"
+                )
+
+    def _checkpoint(self, rnd: int, state: _RoundState) -> Checkpoint:
+        return Checkpoint(
+            round=rnd,
+            arrays=state.arrays,
+            strategy_state=strategy_state(self._base, self.plan.strategy.spec.state_attrs),
+            privacy=self.central.state_dict() if self.central else {},
+            gate=self.gate.state_dict(),
+            consecutive_skips=state.consecutive_skips,
+            rounds=[],
+            metrics={},
+        )
+
+    def _waiting(self, connected: int, needed: int) -> None:
+        for obs in self._observers:
+            obs.on_waiting(connected, needed)
+
+    def _fresh_config(self) -> ConfigRecord:
+        # Strategies write into the config they get (``server-round``): never share one.
+        return ConfigRecord(dict(self._config))
+
+    def _results(self, screened: Screened | None) -> list[ClientResult]:
+        if screened is None:
+            return []
+        return [
+            ClientResult(
+                pseudonym=self._directory.pseudonym(r.label)
+                if r.label
+                else self._directory.entry(r.node_id).pseudonym,
+                num_examples=r.num_examples,
+                metrics=dict(r.metrics),
+            )
+            for r in screened.accepted
+        ]
+
+    def _refusals(self, screened: Screened | None, phase: str) -> list[ClientRefusal]:
+        if screened is None:
+            return []
+        return [
+            ClientRefusal(
+                pseudonym=self._directory.entry(r.node_id).pseudonym, phase=phase, reason=r.reason
+            )
+            for r in screened.rejected
+        ]
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        if not messages:
+            return []
+        return self._exchanger(messages, timeout=self.plan.strategy.round_timeout)
+
+    def _configure_train(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
+        try:
+            return list(
+                self.strategy.configure_train(rnd, arrays, self._fresh_config(), self._grid)
+            )
+        except ValueError as err:
+            if self.central is None or self.central.accountant is None:
+                raise
+            # Flower's accounted wrapper insists on the sample size it was planned with.
+            raise FederationFailed(
+                f"round {rnd}: central DP accounting cannot account this round: {err}"
+            ) from err
+
+    def _round(self, rnd: int, arrays: ArrayRecord, server_side: Executor) -> RoundOutcome:
+        t0 = self._clock()
+        self._directory.refresh()
+        s = self.strategy
+        s.last_train = s.last_evaluate = None
+        sampling, timeout = self.plan.strategy.sampling, self.plan.strategy.round_timeout
+        # Flower's sampling waits forever for its minimum of nodes: wait here, boundedly.
+        skip_reason = self._directory.short_of(
+            max(sampling.min_available_nodes, sampling.min_train_nodes),
+            timeout=timeout,
+            on_wait=self._waiting,
+        )
+        train_msgs = [] if skip_reason else self._configure_train(rnd, arrays)
+        new_arrays: ArrayRecord | None = None
+        train_metrics: MetricRecord | None = None
+        if skip_reason is not None:
+            pass
+        elif self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
+            trained = self._secagg(rnd, arrays, train_msgs)
+            new_arrays, train_metrics = trained.arrays, trained.metrics
+            skip_reason, s.last_train = trained.skip_reason, trained.screened
+        else:
+            try:
+                new_arrays, train_metrics = s.aggregate_train(rnd, self._exchange(train_msgs))
+            except (AggregationError, InconsistentMessageReplies) as err:
+                new_arrays, train_metrics, skip_reason = None, None, f"aggregation failed: {err}"
+        accepted = len(s.last_train.accepted) if s.last_train else 0
+        if skip_reason is None and (
+            new_arrays is None or accepted < self.plan.strategy.min_replies
+        ):
+            skip_reason = (
+                f"{accepted} of {len(train_msgs)} sampled clients returned an "
+                f"acceptable update (minimum {self.plan.strategy.min_replies})"
+            )
+        skipped = RoundOutcome(
+            round=rnd,
+            status=RoundStatus.SKIPPED,
+            arrays=None,
+            sampled=len(train_msgs),
+            train_clients=self._results(s.last_train),
+            eval_clients=[],
+            refusals=self._refusals(s.last_train, "train"),
+            train_metrics=_scalars(train_metrics),
+            eval_metrics={},
+            server_eval=None,
+            decision=None,
+            wall_time=0.0,
+            skip_reason=skip_reason,
+            privacy=self.central.spent() if self.central else {},
+        )
+        if skip_reason is not None or new_arrays is None:
+            return replace(skipped, wall_time=self._clock() - t0)
+
+        short = self._directory.short_of(
+            max(sampling.min_available_nodes, sampling.min_evaluate_nodes), timeout=0.0
+        )
+        eval_msgs = (
+            []  # too few nodes left to sample for evaluation: the server's hold-out decides
+            if short or sampling.fraction_evaluate == 0
+            else list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+        )
+        # The server evaluates on its hold-out while the clients evaluate on theirs.
+        server_future = server_side.submit(self._evaluate, new_arrays)
+        eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))
+        server_eval = server_future.result()
+        eval_clients = self._results(s.last_evaluate)
+        metric = self.plan.gate.metric
+        candidate = Candidate(
+            round=rnd,
+            value=server_eval.accuracy if metric is GateMetric.ACCURACY else server_eval.loss,
+            client_accuracies={
+                c.pseudonym: c.metrics["accuracy"] for c in eval_clients if "accuracy" in c.metrics
+            },
+        )
+        decision = self.gate.decide(candidate)
+        if decision.promoted:
+            self.gate.promote(candidate)
+        return replace(
+            skipped,
+            status=RoundStatus.COMPLETED,
+            arrays=new_arrays,
+            eval_clients=eval_clients,
+            refusals=[*skipped.refusals, *self._refusals(s.last_evaluate, "evaluate")],
+            eval_metrics=_scalars(eval_metrics),
+            server_eval=server_eval,
+            decision=decision,
+            wall_time=self._clock() - t0,
+        )

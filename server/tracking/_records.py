@@ -1,0 +1,132 @@
+"""Rounds as plain data: the metrics MLflow gets, and a JSON record of each round.
+
+Records go into ``federation/rounds.json`` and into every checkpoint, so a resumed federation
+can still plot and summarise the rounds that ran before the interruption.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federator.client.tasks import Evaluation
+from federator.server.federation.events import (
+    ClientRefusal,
+    ClientResult,
+    RoundOutcome,
+    RoundStatus,
+)
+from federator.server.federation.gate import Decision, Verdict
+
+
+def round_metrics(o: RoundOutcome) -> dict[str, float]:
+    """The MLflow metrics of one round (step = round)."""
+    m: dict[str, float] = {
+        "round/sampled": o.sampled,
+        "round/participants": o.participants,
+        "round/refused": len(o.refusals),
+        "round/wall_time_s": o.wall_time,
+        "round/skipped": float(o.status is RoundStatus.SKIPPED),
+    }
+    if o.server_eval is not None:
+        m["val/accuracy"] = o.server_eval.accuracy
+        m["val/loss"] = o.server_eval.loss
+    for k, v in o.train_metrics.items():
+        m[f"train/{k.removeprefix('train-')}"] = v
+    for k, v in o.eval_metrics.items():
+        m[f"clients/{k}"] = v
+    if o.decision is not None:
+        m["gate/promoted"] = float(o.decision.promoted)
+    for k, v in o.privacy.items():
+        m[f"privacy/{k}"] = v
+    local = [c.metrics["dp-epsilon"] for c in o.train_clients if "dp-epsilon" in c.metrics]
+    if local:
+        m["privacy/local-epsilon-max"] = max(local)
+    for c in o.train_clients:
+        m[f"client/{c.pseudonym}/num_examples"] = c.num_examples
+        for k, v in c.metrics.items():
+            m[f"client/{c.pseudonym}/{k.replace('-', '_')}"] = v
+    for c in o.eval_clients:
+        for k, v in c.metrics.items():
+            m[f"client/{c.pseudonym}/val_{k}"] = v
+    return m
+
+
+def _clients(clients: list[ClientResult]) -> list[dict[str, Any]]:
+    return [
+        {"client": c.pseudonym, "examples": c.num_examples, "metrics": dict(c.metrics)}
+        for c in clients
+    ]
+
+
+def outcome_record(o: RoundOutcome, *, version: str | None) -> dict[str, Any]:
+    """A JSON-ready record of a round (everything but the weights)."""
+    return {
+        "round": o.round,
+        "status": o.status.value,
+        "sampled": o.sampled,
+        "participants": [c.pseudonym for c in o.train_clients],
+        "train_clients": _clients(list(o.train_clients)),
+        "eval_clients": _clients(list(o.eval_clients)),
+        "refusals": [
+            {"client": r.pseudonym, "phase": r.phase, "reason": r.reason} for r in o.refusals
+        ],
+        "train_metrics": dict(o.train_metrics),
+        "eval_metrics": dict(o.eval_metrics),
+        "val": (
+            {
+                "accuracy": o.server_eval.accuracy,
+                "loss": o.server_eval.loss,
+                "examples": o.server_eval.num_examples,
+            }
+            if o.server_eval
+            else None
+        ),
+        "gate": (
+            {"decision": o.decision.verdict.value, "reasons": list(o.decision.reasons)}
+            if o.decision
+            else None
+        ),
+        "version": version,
+        "skip_reason": o.skip_reason,
+        "wall_time_s": o.wall_time,
+        "privacy": dict(o.privacy),
+    }
+
+
+def outcome_from_record(r: dict[str, Any]) -> RoundOutcome:
+    """The round back from its record (without weights), for plots and summaries."""
+
+    def clients(items: list[dict[str, Any]]) -> list[ClientResult]:
+        return [
+            ClientResult(
+                pseudonym=c["client"], num_examples=int(c["examples"]), metrics=c["metrics"]
+            )
+            for c in items
+        ]
+
+    val, gate = r.get("val"), r.get("gate")
+    return RoundOutcome(
+        round=int(r["round"]),
+        status=RoundStatus(r["status"]),
+        arrays=None,
+        sampled=int(r["sampled"]),
+        train_clients=clients(r["train_clients"]),
+        eval_clients=clients(r["eval_clients"]),
+        refusals=[
+            ClientRefusal(pseudonym=x["client"], phase=x["phase"], reason=x["reason"])
+            for x in r["refusals"]
+        ],
+        train_metrics=r["train_metrics"],
+        eval_metrics=r["eval_metrics"],
+        server_eval=(
+            Evaluation(
+                loss=val["loss"], accuracy=val["accuracy"], num_examples=int(val.get("examples", 0))
+            )
+            if val
+            else None
+        ),
+        decision=(Decision(Verdict(gate["decision"]), tuple(gate["reasons"])) if gate else None),
+        wall_time=float(r["wall_time_s"]),
+        skip_reason=r.get("skip_reason"),
+        privacy=r.get("privacy", {}),
+    )

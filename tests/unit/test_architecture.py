@@ -1,0 +1,116 @@
+"""House rules about the shape of the code that a linter cannot see (the layers themselves are
+import-linter contracts in pyproject.toml, run by tests/check.py).
+
+* A private module (``_x``) is imported only by modules of its own package; what two packages
+  share gets a public name.
+* ``server/`` is in rooms: no module lives on its flat floor but the few shared by every room.
+* No module is longer than 400 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = "federator"
+SKIP = {".venv", "tests", "docs", ".git", "build"}
+SERVER_FLOOR = {"__init__.py", "progress.py", "releases.py"}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name → file of every module in the package (the repository root *is* it)."""
+    out: dict[str, Path] = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in SKIP or any(p.startswith(".") for p in rel.parts):
+            continue
+        parts = [PACKAGE, *rel.with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every ``federator.…`` module ``path`` imports (``from a import b`` counts a.b too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def _private_owner(name: str) -> str | None:
+    """The package a private module belongs to (``a.b._c`` → ``a.b``), else None."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def test_private_modules_are_imported_only_inside_their_package() -> None:
+    modules = _modules()
+    offences = []
+    for module, path in modules.items():
+        for imported in _imports(path, module):
+            owner = _private_owner(imported)
+            if owner is None or imported not in modules:
+                continue
+            if not (module == owner or module.startswith(owner + ".")):
+                offences.append(f"{module} imports {imported} (private to {owner})")
+    assert not offences, "\n".join(offences)
+
+
+def test_the_rule_sees_a_cross_package_private_import(tmp_path: Path) -> None:
+    """The check above can fail: a module outside `client` importing `client._x` is caught."""
+    assert _private_owner("federator.client._secagg") == "federator.client"
+    assert _private_owner("federator.server.tracking._worker") == "federator.server.tracking"
+    assert _private_owner("federator.server.tracking") is None
+    f = tmp_path / "m.py"
+    f.write_text("from federator.client import _secagg\nfrom . import _x\n")
+    assert _imports(f, "federator.server.cli.m") == {
+        "federator.client",
+        "federator.client._secagg",
+        "federator.server.cli",
+        "federator.server.cli._x",
+    }
+
+
+def test_server_is_in_rooms() -> None:
+    floor = {p.name for p in (ROOT / "server").glob("*.py")}
+    assert floor <= SERVER_FLOOR, f"modules on server/'s flat floor: {sorted(floor - SERVER_FLOOR)}"
+
+
+def test_no_module_is_longer_than_400_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in _modules().values()
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
+
+
+def test_paths_named_in_the_docs_exist() -> None:
+    """Every `server/…`, `client/…` (and other top-level folder) path the docs name exists."""
+    pattern = re.compile(
+        r"`((?:server|client|strategies|privacy|simulations|tests|docs)/[A-Za-z0-9_./-]*)`"
+    )
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in pattern.findall(page.read_text()):
+            looks_like_a_path = path.endswith("/") or "." in path.rsplit("/", 1)[-1]
+            if looks_like_a_path and "*" not in path and not (ROOT / path.rstrip("/")).exists():
+                missing.append(f"{page.name}: {path}")
+    assert not missing, "\n".join(missing)
