@@ -16,9 +16,9 @@ from flwr.app import ArrayRecord
 
 from federator.client.tasks import Evaluation
 from federator.server.federation.checkpoint import Checkpoint
+from federator.server.federation.durability import DurabilityReport
 from federator.server.federation.gate import Decision
 from federator.server.plan import FederationPlan
-from federator.server.tracking.durability import DurabilityReport
 
 
 @dataclass(frozen=True, kw_only=True)

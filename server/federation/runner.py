@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from flwr.serverapp import Grid
 
+from federator.server.federation.durability import DurabilityListener
 from federator.server.federation.events import (
     FederationStarted,
     FederationSummary,
@@ -26,7 +27,6 @@ from federator.server.plan import FederationPlan
 from federator.server.releases import DeliveryReport, ReleaseChannel, ReleaseSigner
 from federator.server.tracking import MlflowTracking
 from federator.server.tracking import mlflow_io as io
-from federator.server.tracking.durability import DurabilityListener
 from federator.server.tracking.provenance import code_version
 from federator.simulations.partition import server_holdout
 

@@ -36,6 +36,11 @@ import numpy as np
 from federator import FederationInterrupted, TrackingError
 from federator.server.federation.checkpoint import CHECKPOINT_TAG, Checkpoint, read_checkpoint
 from federator.server.federation.checkpoint import write_checkpoint as write_checkpoint_files
+from federator.server.federation.durability import (
+    DurabilityLedger,
+    DurabilityListener,
+    DurabilityReport,
+)
 from federator.server.federation.events import FederationStarted, RoundOutcome, RoundStatus
 from federator.server.plan import FederationPlan
 from federator.server.releases import DeliveryReport, ReleaseSigner, SignedRelease
@@ -52,11 +57,6 @@ from federator.server.tracking._run import create_run, reopen_run
 from federator.server.tracking._summary import log_summary
 from federator.server.tracking._versions import Lineage, Registrar
 from federator.server.tracking._worker import OrderedWorker
-from federator.server.tracking.durability import (
-    DurabilityLedger,
-    DurabilityListener,
-    DurabilityReport,
-)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from fakes import FakeGrid, client_handlers, server_identity
 
 from federator import TrackingError
 from federator.server.federation.checkpoint import CHECKPOINT_TAG
+from federator.server.federation.durability import DurabilityLedger
 from federator.server.federation.events import RoundOutcome
 from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
 from federator.server.tracking._export import FLAVOUR_TAG, FlavourState, ModelExporter
 from federator.server.tracking._versions import Registrar
-from federator.server.tracking.durability import DurabilityLedger
 
 
 class _Clock:
