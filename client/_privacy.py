@@ -10,6 +10,7 @@ import torch
 from federator import TaskError, UpdateRejected
 from federator.client.instructions import Instructions
 from federator.client.tasks import Task, TrainSettings
+from federator.client.wire import MetricName
 from federator.privacy.dpsgd import DpSgd, check_model
 from federator.privacy.ledger import dataset_fingerprint
 from federator.privacy.policy import NodePrivacyPolicy, Spend, authorize, refuse_non_private
@@ -73,7 +74,7 @@ def dp_metrics(spend: Spend | None, metrics: dict[str, float], *, delta: float) 
             "the update is withheld"
         )
     return {
-        "dp-epsilon": spend.run_epsilon,
+        MetricName.DP_EPSILON: spend.run_epsilon,
         "dp-epsilon-total": spend.total_after,
         "dp-delta": delta,
         "dp-noise-multiplier": spend.charge.noise_multiplier,

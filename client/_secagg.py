@@ -14,6 +14,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from federator import FederatorError, UpdateRejected
+from federator.client.wire import NUM_EXAMPLES
 from federator.privacy.secagg_client import (
     fitres_reply,
     read_fitins,
@@ -21,7 +22,6 @@ from federator.privacy.secagg_client import (
     secagg_update,
     secagg_weight,
 )
-from federator.strategies.screening import NUM_EXAMPLES
 
 Handler = Callable[[Message, Context], Message]
 

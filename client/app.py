@@ -33,24 +33,34 @@ from federator.client.node import (
     privacy_policy,
 )
 from federator.client.packing import packed_io
-from federator.client.release import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
+from federator.client.wire import (
+    FILE_PREFIX,
+    INSTALLED_KEY,
+    LABEL_KEY,
+    META_KEY,
+    NUM_EXAMPLES,
+    RELEASE_ACTION,
+    RELEASE_KEY,
+    SECAGG_ACTION,
+    VERSION_KEY,
+    DeliveryStatus,
+    NodeConfigKey,
+    ReplyCode,
+)
 from federator.privacy.central import client_clipping
-from federator.privacy.secagg_client import SECAGG_ACTION
 from federator.simulations.partition import ClientData, client_data
-from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY, NUM_EXAMPLES
 
-# Error code for refusals Federator makes on purpose (Flower's own codes are 0–8).
-REFUSED = 100
+REFUSED = int(ReplyCode.REFUSED)  # refusals Federator makes on purpose
 
 
 def node_label(context: Context) -> str:
     """A stable name for this node: its configured ``name``, else its simulation partition."""
-    name = context.node_config.get("name")
+    name = context.node_config.get(NodeConfigKey.NAME)
     if isinstance(name, str) and name:
         return name
-    pid = context.node_config.get("partition-id")
+    pid = context.node_config.get(NodeConfigKey.PARTITION_ID)
     if pid is None:
         raise FederatorError(
             "this node has neither a 'name' nor a 'partition-id' in its node config"
@@ -63,26 +73,26 @@ def _meta(context: Context) -> ConfigRecord:
     return ConfigRecord(
         {
             LABEL_KEY: label,
-            "federator-version": __version__,
+            VERSION_KEY: __version__,
             INSTALLED_KEY: installed_version(node_settings(context, label)),
         }
     )
 
 
 def _local_data(instr: Instructions, context: Context, task: Task) -> ClientData:
-    own = context.node_config.get("data")
+    own = context.node_config.get(NodeConfigKey.DATA)
     if isinstance(own, str) and own:  # a deployed node: the partner's own data
         return load_node_data(
             Path(own), input_shape=task.input_shape, val_fraction=instr.data.client_val_fraction
         )
     spec = instr.data.spec()
-    num = context.node_config.get("num-partitions")
+    num = context.node_config.get(NodeConfigKey.NUM_PARTITIONS)
     if num is not None and int(num) != spec.clients:
         raise FederatorError(
             f"the coordinator plans {spec.clients} clients but this "
             f"simulation runs {int(num)} nodes"
         )
-    pid = context.node_config.get("partition-id")
+    pid = context.node_config.get(NodeConfigKey.PARTITION_ID)
     if pid is None:
         raise FederatorError(
             "this node has no 'partition-id': deployment data loading is not available yet"
@@ -215,12 +225,14 @@ def release(msg: Message, context: Context) -> Message:
         if not isinstance(envelope, str):
             raise ReleaseRefused("the release message carries no envelope (unsigned)")
         version = open_store(settings).install(envelope, files)
-        status, reason = "installed", ""
+        status, reason = DeliveryStatus.INSTALLED, ""
     except ReleaseRefused as err:
-        version, status, reason = 0, "refused", f"{type(err).__name__}: {err}"
+        version, status, reason = 0, DeliveryStatus.REFUSED, f"{type(err).__name__}: {err}"
     content = RecordDict(
         {
-            RELEASE_KEY: ConfigRecord({"status": status, "version": version, "reason": reason}),
+            RELEASE_KEY: ConfigRecord(
+                {"status": status.value, "version": version, "reason": reason}
+            ),
             META_KEY: _meta(context),
         }
     )

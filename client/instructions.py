@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from federator import UpdateRejected
 from federator.client.tasks import Optimizer, TrainSettings
+from federator.client.wire import INSTRUCTIONS_KEY
 from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping
 from federator.privacy.policy import LocalDpTarget
 from federator.simulations.partition import Partitioner, SimulationData
 
-INSTRUCTIONS_KEY = "federator"
 _Strict = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -18,6 +18,7 @@ from flwr.app import Context
 from federator import ConfigError, ReleaseRefused
 from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.store import ModelStore
+from federator.client.wire import NodeConfigKey
 from federator.privacy.accounting import Accountant
 from federator.privacy.policy import NodePrivacyPolicy
 
@@ -49,15 +50,15 @@ def node_settings(context: Context, label: str) -> NodeSettings:
         value = cfg.get(key, os.environ.get(env))
         return str(value) if value not in (None, "") else None
 
-    store = text("store", "")
+    store = text(NodeConfigKey.STORE, "")
     if store is None and (root := os.environ.get(ENV_STORE_ROOT)):
         store = str(Path(root) / label)
-    key = text("pinned-key", ENV_PINNED_KEY)
+    key = text(NodeConfigKey.PINNED_KEY, ENV_PINNED_KEY)
     keep = text("keep", ENV_KEEP)
     return NodeSettings(
         store=Path(store) if store else None,
         pinned_key=Path(key) if key else None,
-        model=text("model", ENV_MODEL),
+        model=text(NodeConfigKey.MODEL, ENV_MODEL),
         keep=int(keep) if keep else 3,
     )
 
@@ -89,7 +90,7 @@ def _setting(context: Context, key: str, env: str) -> str | None:
 
 def node_policy(context: Context) -> NodePolicy | None:
     """The partner's policy file named by the node config key ``policy`` (None: no file)."""
-    path = _setting(context, "policy", "")
+    path = _setting(context, NodeConfigKey.POLICY, "")
     return load_policy(Path(path)) if path else None
 
 
@@ -99,7 +100,7 @@ def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
     ledger is the file ``privacy-ledger``. Simulated nodes read ``FEDERATOR_NODE_MAX_EPSILON``
     / ``_PRIVACY_DELTA`` and keep their ledger under ``FEDERATOR_NODE_LEDGER_ROOT/<label>.json``.
     Malformed values are a `ConfigError`."""
-    ledger = _setting(context, "privacy-ledger", "")
+    ledger = _setting(context, NodeConfigKey.PRIVACY_LEDGER, "")
     if ledger is None and (root := os.environ.get(ENV_LEDGER_ROOT)):
         ledger = str(Path(root) / f"{label}.json")
     if (policy := node_policy(context)) is not None:
@@ -109,9 +110,9 @@ def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
             accountant=policy.privacy_accountant,
             ledger=Path(ledger) if ledger else None,
         )
-    max_eps = _setting(context, "max-epsilon", ENV_MAX_EPSILON)
-    delta = _setting(context, "privacy-delta", ENV_PRIVACY_DELTA)
-    accountant = _setting(context, "privacy-accountant", "")
+    max_eps = _setting(context, NodeConfigKey.MAX_EPSILON, ENV_MAX_EPSILON)
+    delta = _setting(context, NodeConfigKey.PRIVACY_DELTA, ENV_PRIVACY_DELTA)
+    accountant = _setting(context, NodeConfigKey.PRIVACY_ACCOUNTANT, "")
     try:
         return NodePrivacyPolicy(
             max_epsilon=float(max_eps) if max_eps is not None else None,
@@ -126,5 +127,5 @@ def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
 def dp_noise_seed(context: Context) -> int | None:
     """A fixed seed for DP noise — for reproducible research in simulation only. Unset (the
     default), noise comes from the operating system's randomness."""
-    seed = _setting(context, "dp-noise-seed", ENV_DP_NOISE_SEED)
+    seed = _setting(context, NodeConfigKey.DP_NOISE_SEED, ENV_DP_NOISE_SEED)
     return int(seed) if seed is not None else None

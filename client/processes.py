@@ -134,7 +134,7 @@ def node_config_string(values: dict[str, str | int | float]) -> str:
     for key, value in values.items():
         if isinstance(value, str):
             if "'" in value or '"' in value:
-                raise ValueError(f"node config value for {key!r} must not contain quotes")
+                raise ValueError(f"node config value for '{key}' must not contain quotes")
             parts.append(f"{key}='{value}'")
         else:
             parts.append(f"{key}={value}")

@@ -29,11 +29,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://federator.dev/release/v1"
 RELEASED_FILES = ("weights.safetensors", "lineage.json")
 
-# On the wire a release is a `query.release` message: the DSSE envelope and one bytes entry
-# per file ("file:<name>") in the ConfigRecord under RELEASE_KEY.
-RELEASE_ACTION = "release"
-RELEASE_KEY = "release"
-FILE_PREFIX = "file:"
+# On the wire a release is a `query.release` message (see `federator.client.wire`).
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
 

@@ -30,6 +30,7 @@ from federator.client.processes import (
     wait_for_log,
 )
 from federator.client.tasks import resolve_task
+from federator.client.wire import NodeConfigKey
 from federator.server.deploy.kits import NodeKit
 
 
@@ -114,15 +115,15 @@ def start_node(
     """
     state.mkdir(parents=True, exist_ok=True)
     node_config: dict[str, str | int | float] = {
-        "name": kit.node,
-        "data": str(data.resolve()),
-        "privacy-ledger": str((state / "privacy-ledger.json").resolve()),
-        "store": str((state / "models").resolve()),
-        "pinned-key": str(kit.release_pub.resolve()),
-        "model": model or kit.federation,
+        NodeConfigKey.NAME: kit.node,
+        NodeConfigKey.DATA: str(data.resolve()),
+        NodeConfigKey.PRIVACY_LEDGER: str((state / "privacy-ledger.json").resolve()),
+        NodeConfigKey.STORE: str((state / "models").resolve()),
+        NodeConfigKey.PINNED_KEY: str(kit.release_pub.resolve()),
+        NodeConfigKey.MODEL: model or kit.federation,
     }
     if policy is not None:
-        node_config["policy"] = str(policy.resolve())
+        node_config[NodeConfigKey.POLICY] = str(policy.resolve())
     argv = [
         sys.executable,
         "-m",

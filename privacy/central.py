@@ -47,9 +47,9 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from federator import ConfigError
+from federator.client.wire import NUM_EXAMPLES
 
 UNIFORM_WEIGHT = "federator-uniform-weight"
-_NUM_EXAMPLES = "num-examples"
 
 
 class CentralClipping(StrEnum):
@@ -143,7 +143,7 @@ class UniformWeights(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, _set_weight(replies, _NUM_EXAMPLES))
+        return self.inner.aggregate_evaluate(server_round, _set_weight(replies, NUM_EXAMPLES))
 
 
 @dataclass(frozen=True)

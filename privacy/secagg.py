@@ -37,12 +37,12 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
+from federator.client.wire import SECAGG_ACTION
+from federator.client.wire import SECAGG_CLIPPING_KEY as CLIPPING_KEY
+from federator.client.wire import SECAGG_KEYS_KEY as KEYS_KEY
+from federator.client.wire import SECAGG_MAX_WEIGHT_KEY as MAX_WEIGHT_KEY
 from federator.privacy._secagg_server import OneRound, SendReceive, StageGrid
 from federator.privacy.secagg_client import (
-    CLIPPING_KEY,
-    KEYS_KEY,
-    MAX_WEIGHT_KEY,
-    SECAGG_ACTION,
     SECAGG_MESSAGE_TYPE,
     fitres_reply,
     read_fitins,

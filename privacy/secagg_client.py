@@ -28,12 +28,12 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from federator import UpdateRejected
+from federator.client.wire import SECAGG_ACTION
+from federator.client.wire import SECAGG_CLIPPING_KEY as CLIPPING_KEY
+from federator.client.wire import SECAGG_KEYS_KEY as KEYS_KEY
+from federator.client.wire import SECAGG_MAX_WEIGHT_KEY as MAX_WEIGHT_KEY
 
-SECAGG_ACTION = "secagg"
 SECAGG_MESSAGE_TYPE = f"{MessageType.TRAIN}.{SECAGG_ACTION}"
-KEYS_KEY = "secagg-keys"  # the global model's array names, newline-separated
-CLIPPING_KEY = "secagg-clipping-range"
-MAX_WEIGHT_KEY = "secagg-max-weight"
 _OWN_KEYS = (KEYS_KEY, CLIPPING_KEY, MAX_WEIGHT_KEY)
 
 

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from federator.client.wire import DeliveryStatus, MetricName
 from federator.server.federation.events import (
     FederationStarted,
     FederationSummary,
@@ -104,9 +105,9 @@ def release_line(report: DeliveryReport) -> str:
     n = len(report.deliveries)
     return (
         f"release: version {report.version} (round {report.round}) installed on "
-        f"{report.count('installed')}/{n} node(s)"
-        + (f", refused by {report.count('refused')}" if report.count("refused") else "")
-        + (f", {report.count('unreachable')} unreachable" if report.count("unreachable") else "")
+        f"{report.count(DeliveryStatus.INSTALLED)}/{n} node(s)"
+        + (f", refused by {refused}" if (refused := report.count(DeliveryStatus.REFUSED)) else "")
+        + (f", {lost} unreachable" if (lost := report.count(DeliveryStatus.UNREACHABLE)) else "")
     )
 
 
@@ -146,10 +147,10 @@ def summary_table(s: FederationSummary) -> Table:
             f"ε = {spent['central-epsilon']:.3f} at δ = {spent.get('central-delta', 0):g}",
         )
     local = [
-        c.metrics["dp-epsilon"]
+        c.metrics[MetricName.DP_EPSILON]
         for o in s.outcomes
         for c in o.train_clients
-        if "dp-epsilon" in c.metrics
+        if MetricName.DP_EPSILON in c.metrics
     ]
     if local:
         t.add_row("local DP spent", f"largest ε of a client in this run: {max(local):.3f}")
@@ -234,7 +235,7 @@ class RichProgress:
     def on_release(self, report: DeliveryReport) -> None:
         self.console.print(Text(release_line(report), style="cyan"))
         for d in report.deliveries:
-            if d.status != "installed":
+            if d.status is not DeliveryStatus.INSTALLED:
                 self.console.print(
                     Text(f"       {d.status} ", style="yellow")
                     + Text(f"by {d.pseudonym}: {d.reason}")
@@ -297,7 +298,7 @@ class LogProgress:
     def on_release(self, report: DeliveryReport) -> None:
         self._log(release_line(report))
         for d in report.deliveries:
-            if d.status != "installed":
+            if d.status is not DeliveryStatus.INSTALLED:
                 self._log(f"  {d.status} by {d.pseudonym}: {d.reason}")
 
     def summary(self, s: FederationSummary) -> None:

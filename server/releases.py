@@ -23,15 +23,13 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from federator.client.keys import key_id
 from federator.client.release import (
-    FILE_PREFIX,
-    RELEASE_ACTION,
-    RELEASE_KEY,
     RELEASED_FILES,
     Gate,
     Predicate,
     build_statement,
     sign_statement,
 )
+from federator.client.wire import FILE_PREFIX, RELEASE_ACTION, RELEASE_KEY, DeliveryStatus
 from federator.server.federation.exchange import Exchange
 from federator.server.federation.nodes import NodeDirectory
 
@@ -52,7 +50,7 @@ class Delivery:
     """What one node did with a release."""
 
     pseudonym: str
-    status: str  # installed | refused | unreachable
+    status: DeliveryStatus
     version: int
     reason: str = ""
 
@@ -65,7 +63,7 @@ class DeliveryReport:
     round: int
     deliveries: Sequence[Delivery]
 
-    def count(self, status: str) -> int:
+    def count(self, status: DeliveryStatus) -> int:
         return sum(d.status == status for d in self.deliveries)
 
 
@@ -198,17 +196,23 @@ class ReleaseChannel:
     def _outcome(self, node_id: int, reply: Message | None, release: SignedRelease) -> Delivery:
         pseudonym = self._directory.entry(node_id).pseudonym
         if reply is None:
-            return Delivery(pseudonym, "unreachable", release.version, "no reply")
+            return Delivery(pseudonym, DeliveryStatus.UNREACHABLE, release.version, "no reply")
         if reply.has_error():
             return Delivery(
-                pseudonym, "unreachable", release.version, f"node error: {reply.error.reason}"
+                pseudonym,
+                DeliveryStatus.UNREACHABLE,
+                release.version,
+                f"node error: {reply.error.reason}",
             )
         record = reply.content.config_records.get(RELEASE_KEY, ConfigRecord())
-        status = str(record.get("status", "refused"))
-        if status == "installed":
+        status = str(record.get("status", DeliveryStatus.REFUSED))
+        if status == DeliveryStatus.INSTALLED:
             self._installed[node_id] = release.version
-            return Delivery(pseudonym, "installed", release.version)
+            return Delivery(pseudonym, DeliveryStatus.INSTALLED, release.version)
         self._refused[node_id] = release.version
         return Delivery(
-            pseudonym, "refused", release.version, str(record.get("reason", "no reason given"))
+            pseudonym,
+            DeliveryStatus.REFUSED,
+            release.version,
+            str(record.get("reason", "no reason given")),
         )

@@ -17,11 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from federator import UpdateRejected
-
-NUM_EXAMPLES = "num-examples"
-META_KEY = "federator"
-LABEL_KEY = "label"
-INSTALLED_KEY = "installed-version"
+from federator.client.wire import LABEL_KEY, META_KEY, NUM_EXAMPLES
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from federator.client.wire import NUM_EXAMPLES
 from federator.privacy.secagg import SecAggParams, SecAggResult, SendReceive, run_secagg_round
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan.privacy import SecAggPlan
-from federator.strategies.screening import NUM_EXAMPLES, ClientReply, Rejection, Screened
+from federator.strategies.screening import ClientReply, Rejection, Screened
 
 
 @dataclass(frozen=True, kw_only=True)

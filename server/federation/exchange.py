@@ -16,9 +16,10 @@ from flwr.serverapp import Grid
 
 from federator import FederationInterrupted, UpdateRejected
 from federator.client.packing import pack_content, unpack_content
+from federator.client.wire import ReplyCode
 from federator.server.federation._patient_pull import deployed, pull_function
 
-UNREADABLE_REPLY = 101  # error code of a reply whose packed arrays could not be read
+UNREADABLE_REPLY = int(ReplyCode.UNREADABLE)  # a reply whose packed arrays could not be read
 EXPIRY_MARGIN = 5.0  # seconds a message outlives its round's timeout (clock skew, transit)
 
 

@@ -17,9 +17,9 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federator import FederationFailed, FederationInterrupted
+from federator.client.wire import INSTALLED_KEY, LABEL_KEY, META_KEY, VERSION_KEY
 from federator.server.federation.events import NodeEntry
 from federator.server.federation.exchange import Exchange
-from federator.strategies.screening import INSTALLED_KEY, LABEL_KEY, META_KEY
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -105,7 +105,7 @@ class NodeDirectory:
                 meta = reply.content.config_records.get(META_KEY)
                 if meta is not None:
                     label = str(meta.get(LABEL_KEY, label))
-                    version = str(meta.get("federator-version", version))
+                    version = str(meta.get(VERSION_KEY, version))
                     raw = meta.get(INSTALLED_KEY, 0)
                     installed = raw if isinstance(raw, int) else 0
             entry = NodeEntry(

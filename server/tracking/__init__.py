@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from federator import FederationInterrupted, TrackingError
+from federator.client.wire import DeliveryStatus
 from federator.server.federation.checkpoint import CHECKPOINT_TAG, Checkpoint, read_checkpoint
 from federator.server.federation.checkpoint import write_checkpoint as write_checkpoint_files
 from federator.server.federation.durability import (
@@ -329,9 +330,7 @@ class MlflowTracking:
         if report.round in self._release_steps:
             return
         self._release_steps.add(report.round)
-        metrics: dict[str, float] = {
-            f"release/{s}": report.count(s) for s in ("installed", "refused", "unreachable")
-        }
+        metrics: dict[str, float] = {f"release/{s.value}": report.count(s) for s in DeliveryStatus}
         metrics["release/version"] = report.version
         self._submit(
             f"release {report.version} deliveries",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from federator.client.tasks import Evaluation
+from federator.client.wire import MetricName
 from federator.server.federation.events import (
     ClientRefusal,
     ClientResult,
@@ -38,7 +39,11 @@ def round_metrics(o: RoundOutcome) -> dict[str, float]:
         m["gate/promoted"] = float(o.decision.promoted)
     for k, v in o.privacy.items():
         m[f"privacy/{k}"] = v
-    local = [c.metrics["dp-epsilon"] for c in o.train_clients if "dp-epsilon" in c.metrics]
+    local = [
+        c.metrics[MetricName.DP_EPSILON]
+        for c in o.train_clients
+        if MetricName.DP_EPSILON in c.metrics
+    ]
     if local:
         m["privacy/local-epsilon-max"] = max(local)
     for c in o.train_clients:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from federator.client.wire import MetricName
 from federator.server.releases import DeliveryReport
 from federator.server.tracking._records import outcome_from_record
 from federator.server.tracking.plots import plot_clients, plot_privacy, plot_rounds
@@ -28,7 +29,7 @@ def log_summary(
         plot_rounds(outcomes, folder / "accuracy.png")
         plot_clients(outcomes, folder / "client_accuracy.png")
         if any(o.privacy for o in outcomes) or any(
-            "dp-epsilon" in c.metrics for o in outcomes for c in o.train_clients
+            MetricName.DP_EPSILON in c.metrics for o in outcomes for c in o.train_clients
         ):
             plot_privacy(outcomes, folder / "privacy_epsilon.png")
         client.log_artifacts(run_id, str(folder), artifact_path="plots")

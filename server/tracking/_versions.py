@@ -20,6 +20,7 @@ from typing import Any
 from federator import __version__
 from federator.client.release import RELEASED_FILES
 from federator.client.weights import save_safetensors
+from federator.client.wire import MetricName
 from federator.server.federation.events import RoundOutcome
 from federator.server.plan import FederationPlan
 from federator.server.releases import ReleaseSigner, SignedRelease
@@ -157,8 +158,8 @@ class Registrar:
         (a new dict: the lineage changes only once the version is registered)."""
         epsilons = dict(self.lineage.local_epsilons)
         for c in outcome.train_clients:
-            if "dp-epsilon" in c.metrics:
-                eps = float(c.metrics["dp-epsilon"])
+            if MetricName.DP_EPSILON in c.metrics:
+                eps = float(c.metrics[MetricName.DP_EPSILON])
                 epsilons[c.pseudonym] = max(eps, epsilons.get(c.pseudonym, 0.0))
         return epsilons
 

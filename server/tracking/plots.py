@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from federator.client.wire import MetricName
 from federator.server.federation.events import RoundOutcome, RoundStatus
 
 
@@ -98,8 +99,10 @@ def plot_privacy(outcomes: Sequence[RoundOutcome], path: Path) -> Path:
     series: dict[str, list[tuple[int, float]]] = {}
     for o in outcomes:
         for c in o.train_clients:
-            if "dp-epsilon" in c.metrics:
-                series.setdefault(c.pseudonym, []).append((o.round, c.metrics["dp-epsilon"]))
+            if MetricName.DP_EPSILON in c.metrics:
+                series.setdefault(c.pseudonym, []).append(
+                    (o.round, c.metrics[MetricName.DP_EPSILON])
+                )
     central = [(o.round, o.privacy["central-epsilon"]) for o in outcomes if o.privacy]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for pseudonym, points in sorted(series.items()):

@@ -114,3 +114,38 @@ def test_paths_named_in_the_docs_exist() -> None:
             if looks_like_a_path and "*" not in path and not (ROOT / path.rstrip("/")).exists():
                 missing.append(f"{page.name}: {path}")
     assert not missing, "\n".join(missing)
+
+
+# The wire's distinctive names (generic ones such as "label" cannot be searched for).
+WIRE_VALUES = (
+    "num-examples",
+    "federator-version",
+    "installed-version",
+    "secagg-keys",
+    "secagg-clipping-range",
+    "secagg-max-weight",
+    "dp-epsilon",
+    "partition-id",
+    "num-partitions",
+    "pinned-key",
+    "privacy-ledger",
+    "max-epsilon",
+    "privacy-delta",
+    "privacy-accountant",
+    "dp-noise-seed",
+)
+
+
+def test_wire_names_are_spelled_only_in_the_wire_contract() -> None:
+    """Record keys, metric names and node-config keys are written once, in client/wire.py
+    (the benchmarks' bare-Flower reference app is exempt: it must not use Federator)."""
+    exempt = {ROOT / "client" / "wire.py"}
+    offences = []
+    for path in _modules().values():
+        if path in exempt or "bench" in path.parts:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in WIRE_VALUES:
+                offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not offences, "\n".join(offences)

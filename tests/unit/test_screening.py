@@ -12,8 +12,8 @@ from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federator.client.wire import LABEL_KEY, META_KEY
 from federator.strategies import Guarded, array_specs, screen_replies
-from federator.strategies.screening import LABEL_KEY, META_KEY
 
 
 def ar(**arrays: np.ndarray) -> ArrayRecord:

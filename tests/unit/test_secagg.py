@@ -21,12 +21,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from federator import ConfigError, UpdateRejected
 from federator.client import app as client
+from federator.client.wire import NUM_EXAMPLES
 from federator.privacy import secagg
 from federator.privacy import secagg_client as sc
 from federator.server.federation._secagg_round import apply_mean
 from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
-from federator.strategies.screening import NUM_EXAMPLES
 
 PARAMS = secagg.SecAggParams(
     num_shares=3,
