@@ -149,3 +149,26 @@ def test_wire_names_are_spelled_only_in_the_wire_contract() -> None:
             if isinstance(node, ast.Constant) and node.value in WIRE_VALUES:
                 offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not offences, "\n".join(offences)
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module, imported first in a fresh interpreter, loads: no import cycle hides
+    behind the order in which the tests happen to import things."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(module: str) -> str | None:
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT.parent,
+            check=False,
+        )
+        return None if done.returncode == 0 else f"{module}: {done.stderr.strip()[-300:]}"
+
+    modules = sorted(m for m in _modules() if not m.endswith("_export_child"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [f for f in pool.map(load, modules) if f]
+    assert not failures, "\n".join(failures)
