@@ -42,7 +42,7 @@ def private_settings(
     if not getattr(task, "supports_local_dp", False):
         raise TaskError(f"task {task.name!r} does not support local DP-SGD")
     check_model(model)
-    target = instr.local_dp.target()
+    target = instr.local_dp
     charge = target.round_charge(
         num_examples=len(data), batch_size=settings.batch_size, epochs=settings.epochs
     )

@@ -85,7 +85,7 @@ def _local_data(instr: Instructions, context: Context, task: Task) -> ClientData
         return load_node_data(
             Path(own), input_shape=task.input_shape, val_fraction=instr.data.client_val_fraction
         )
-    spec = instr.data.spec()
+    spec = instr.data
     num = context.node_config.get(NodeConfigKey.NUM_PARTITIONS)
     if num is not None and int(num) != spec.clients:
         raise FederatorError(

@@ -15,30 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from federator import UpdateRejected
 from federator.client.tasks import Optimizer, TrainSettings
 from federator.client.wire import INSTRUCTIONS_KEY
-from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping
 from federator.privacy.policy import LocalDpTarget
-from federator.simulations.partition import Partitioner, SimulationData
+from federator.simulations.partition import SimulationData
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataInstructions(BaseModel):
-    """The simulated data split (deployment nodes use their own data instead)."""
-
-    model_config = _Strict
-    dataset: str
-    clients: Annotated[int, Field(ge=1)]
-    partitioner: Partitioner
-    seed: int
-    alpha: Annotated[float, Field(gt=0)]
-    min_partition_size: Annotated[int, Field(ge=0)]
-    shards_per_client: Annotated[int, Field(ge=1)]
-    server_holdout: Annotated[float, Field(gt=0, lt=1)]
-    client_val_fraction: Annotated[float, Field(ge=0, lt=1)]
-
-    def spec(self) -> SimulationData:
-        return SimulationData(**self.model_dump())
 
 
 class TrainingInstructions(BaseModel):
@@ -54,20 +35,6 @@ class TrainingInstructions(BaseModel):
     seed: int
 
 
-class LocalDpInstructions(BaseModel):
-    """Local DP-SGD as the federation plans it (the node's own policy still applies)."""
-
-    model_config = _Strict
-    target_epsilon: Annotated[float, Field(gt=0)]
-    delta: Annotated[float, Field(gt=0, lt=1)]
-    max_grad_norm: Annotated[float, Field(gt=0)]
-    accountant: Accountant
-    rounds: Annotated[int, Field(ge=1)]
-
-    def target(self) -> LocalDpTarget:
-        return LocalDpTarget(**dict(self))
-
-
 class Instructions(BaseModel):
     """Everything a client needs for one round."""
 
@@ -77,24 +44,15 @@ class Instructions(BaseModel):
     task: str
     strategy: str = ""
     secagg: bool = False
-    data: DataInstructions
+    data: SimulationData
     training: TrainingInstructions
-    local_dp: LocalDpInstructions | None = None
+    local_dp: LocalDpTarget | None = None
     # Central DP with client-side clipping: clip the update before it leaves the node.
     central_clipping: CentralClipping | None = None
 
     def settings(self, *, round_seed: int, proximal_mu: float) -> TrainSettings:
-        t = self.training
-        return TrainSettings(
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            optimizer=t.optimizer,
-            lr=t.lr,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            proximal_mu=proximal_mu,
-            seed=round_seed,
-        )
+        settings = {**self.training.model_dump(), "seed": round_seed}
+        return TrainSettings(**settings, proximal_mu=proximal_mu)
 
     def to_config(self) -> ConfigRecord:
         """The ConfigRecord entry the server sends."""

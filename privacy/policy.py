@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import ConfigDict, Field
 
 from federator import ConfigError, PolicyRefused, PrivacyBudgetExhausted
 from federator.privacy.accounting import Accountant, Charge, epsilon, noise_multiplier
@@ -22,15 +25,24 @@ from federator.privacy.ledger import PrivacyLedger
 TARGET_SLACK = 1e-3
 
 
+# Local DP's constraints, declared once: the config's `[privacy.local]` and the instructions.
+Epsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Delta = Annotated[float, Field(gt=0, lt=1)]
+ClipNorm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalDpTarget:
-    """Local DP-SGD as a federation plans it (the same for every client)."""
+    """Local DP-SGD as a federation plans it (the same for every client) — in the plan and,
+    unchanged, in every client's instructions (pydantic validates it there)."""
 
-    target_epsilon: float
-    delta: float
-    max_grad_norm: float
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    target_epsilon: Epsilon
+    delta: Delta
+    max_grad_norm: ClipNorm
     accountant: Accountant
-    rounds: int
+    rounds: Annotated[int, Field(ge=1)]
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):

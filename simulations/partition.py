@@ -12,14 +12,25 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import Annotated, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, Field
 
 from federator import DataError
 from federator.simulations.datasets import ArrayData, load_dataset
 
 IndexArray = npt.NDArray[np.int64]
+
+# The data split's constraints, declared once: the config's `[data]` section, the plan and the
+# instructions on the wire all validate with these (pydantic at each edge).
+Clients = Annotated[int, Field(ge=1, le=100_000)]
+Alpha = Annotated[float, Field(gt=0)]
+MinPartitionSize = Annotated[int, Field(ge=0)]
+ShardsPerClient = Annotated[int, Field(ge=1)]
+ServerHoldout = Annotated[float, Field(gt=0, lt=1)]
+ValFraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Partitioner(StrEnum):
@@ -32,17 +43,20 @@ class Partitioner(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class SimulationData:
-    """Everything that determines the simulated data split."""
+    """Everything that determines the simulated data split — in the plan and, unchanged, in
+    every client's instructions (pydantic validates it there, unknown keys refused)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     dataset: str
-    clients: int
+    clients: Clients
     partitioner: Partitioner
     seed: int
-    alpha: float = 0.5
-    min_partition_size: int = 10
-    shards_per_client: int = 2
-    server_holdout: float = 0.2
-    client_val_fraction: float = 0.2
+    alpha: Alpha = 0.5
+    min_partition_size: MinPartitionSize = 10
+    shards_per_client: ShardsPerClient = 2
+    server_holdout: ServerHoldout = 0.2
+    client_val_fraction: ValFraction = 0.2
 
 
 @dataclass(frozen=True)

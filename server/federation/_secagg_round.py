@@ -98,14 +98,8 @@ class SecAggTraining:
         self._grid = grid
         self._exchange = exchange
         self._directory = directory
-        self.params = SecAggParams(
-            num_shares=plan.num_shares,
-            reconstruction_threshold=plan.reconstruction_threshold,
-            clipping_range=plan.clipping_range,
-            quantization_range=plan.quantization_range,
-            max_weight=plan.max_weight,
-            timeout=plan.timeout if plan.timeout is not None else round_timeout,
-        )
+        timeout = plan.timeout if plan.timeout is not None else round_timeout
+        self.params = SecAggParams(**{**plan.model_dump(), "timeout": timeout})
 
     def __call__(
         self, server_round: int, arrays: ArrayRecord, train_msgs: Sequence[Message]

@@ -22,12 +22,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExha
 from flwr.serverapp.strategy import Strategy
 
 from federator import FederationFailed
-from federator.client.instructions import (
-    DataInstructions,
-    Instructions,
-    LocalDpInstructions,
-    TrainingInstructions,
-)
+from federator.client.instructions import Instructions, TrainingInstructions
 from federator.client.tasks import Evaluation, Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.privacy.central import CentralDp, ClippingSide, central_dp
@@ -77,7 +72,7 @@ class ServerEvaluator:
 def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
     """The instructions every client receives for this plan (``run_id``: the MLflow run,
     which names the run in each node's privacy ledger)."""
-    d, t, local, central = plan.data, plan.training, plan.privacy.local, plan.privacy.central
+    t, local, central = plan.training, plan.privacy.local, plan.privacy.central
     return Instructions(
         federation=plan.name,
         run=run_id,
@@ -86,35 +81,12 @@ def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
         central_clipping=central.clipping
         if central is not None and central.side is ClippingSide.CLIENT
         else None,
-        local_dp=None
-        if local is None
-        else LocalDpInstructions(
-            target_epsilon=local.target_epsilon,
-            delta=local.delta,
-            max_grad_norm=local.max_grad_norm,
-            accountant=local.accountant,
-            rounds=local.rounds,
-        ),
+        local_dp=local,
         task=plan.task_ref,
-        data=DataInstructions(
-            dataset=d.dataset,
-            clients=d.clients,
-            partitioner=d.partitioner,
-            seed=d.seed,
-            alpha=d.alpha,
-            min_partition_size=d.min_partition_size,
-            shards_per_client=d.shards_per_client,
-            server_holdout=d.server_holdout,
-            client_val_fraction=d.client_val_fraction,
-        ),
+        data=plan.data,
+        # The plan's training settings less FedProx's μ (it travels as Flower's proximal-mu).
         training=TrainingInstructions(
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            optimizer=t.optimizer,
-            lr=t.lr,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            seed=t.seed,
+            **{name: getattr(t, name) for name in TrainingInstructions.model_fields}
         ),
     )
 

@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from federator.client.tasks import Optimizer
 from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping, ClippingSide
-from federator.simulations.partition import Partitioner
+from federator.privacy.policy import ClipNorm, Delta, Epsilon
+from federator.simulations.partition import (
+    Alpha,
+    Clients,
+    MinPartitionSize,
+    Partitioner,
+    ServerHoldout,
+    ShardsPerClient,
+    ValFraction,
+)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
@@ -44,13 +53,13 @@ class DataSection(_Section):
     """Simulation data: which dataset, how many clients and how it is split among them."""
 
     dataset: str | None = None
-    clients: Annotated[int, Field(ge=1, le=100_000)]
+    clients: Clients
     partitioner: Partitioner = Partitioner.IID
-    alpha: Annotated[float, Field(gt=0)] = 0.5
-    min_partition_size: Annotated[int, Field(ge=0)] = 10
-    shards_per_client: Annotated[int, Field(ge=1)] = 2
-    server_holdout: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    client_val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    alpha: Alpha = 0.5
+    min_partition_size: MinPartitionSize = 10
+    shards_per_client: ShardsPerClient = 2
+    server_holdout: ServerHoldout = 0.2
+    client_val_fraction: ValFraction = 0.2
 
 
 class StrategySection(_Section):
@@ -129,9 +138,9 @@ class LocalDpSection(_Section):
     """Local DP-SGD on every client (Opacus). σ is set so that all planned rounds together
     stay within ``target_epsilon`` at ``delta``; each node's own budget still applies."""
 
-    target_epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    delta: Annotated[float, Field(gt=0, lt=1)]
-    max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    target_epsilon: Epsilon
+    delta: Delta
+    max_grad_norm: ClipNorm = 1.0
     accountant: Accountant = Accountant.RDP
 
 

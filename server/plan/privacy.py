@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federator.client.tasks import Task
-from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping, CentralDpSettings, ClippingSide
 from federator.privacy.dpsgd import model_problems
 from federator.privacy.policy import LocalDpTarget
@@ -22,17 +21,8 @@ from federator.server.plan.config import (
 )
 from federator.strategies import StrategySpec
 
-
-@dataclass(frozen=True, kw_only=True)
-class SecAggPlan:
-    """SecAgg+ settings (see `federator.privacy.secagg`)."""
-
-    num_shares: int
-    reconstruction_threshold: int
-    clipping_range: float
-    quantization_range: int
-    max_weight: float
-    timeout: float | None
+# SecAgg+ as planned is the config's own frozen `[privacy.secagg]` section: one declaration.
+SecAggPlan = SecAggSection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,30 +35,7 @@ class PrivacyPlan:
 
 
 def _central(c: CentralDpSection, clients: int, sampled: int) -> CentralDpSettings:
-    return CentralDpSettings(
-        clipping=c.clipping,
-        side=c.side,
-        noise_multiplier=c.noise_multiplier,
-        clipping_norm=c.clipping_norm,
-        target_clipped_quantile=c.target_clipped_quantile,
-        clip_norm_lr=c.clip_norm_lr,
-        clipped_count_stddev=c.clipped_count_stddev,
-        delta=c.delta,
-        max_epsilon=c.max_epsilon,
-        clients=clients,
-        sampled_per_round=sampled,
-    )
-
-
-def _secagg(s: SecAggSection) -> SecAggPlan:
-    return SecAggPlan(
-        num_shares=s.num_shares,
-        reconstruction_threshold=s.reconstruction_threshold,
-        clipping_range=s.clipping_range,
-        quantization_range=s.quantization_range,
-        max_weight=s.max_weight,
-        timeout=s.timeout,
-    )
+    return CentralDpSettings(**c.model_dump(), clients=clients, sampled_per_round=sampled)
 
 
 def privacy_problems(
@@ -172,17 +139,11 @@ def privacy_plan(cfg: FederationConfig, *, train_nodes: int) -> PrivacyPlan:
     p = cfg.privacy
     local = None
     if p.local is not None:
-        local = LocalDpTarget(
-            target_epsilon=p.local.target_epsilon,
-            delta=p.local.delta,
-            max_grad_norm=p.local.max_grad_norm,
-            accountant=Accountant(p.local.accountant),
-            rounds=cfg.federation.rounds,
-        )
+        local = LocalDpTarget(**p.local.model_dump(), rounds=cfg.federation.rounds)
     return PrivacyPlan(
         local=local,
         central=_central(p.central, cfg.data.clients, train_nodes) if p.central else None,
-        secagg=_secagg(p.secagg) if p.secagg else None,
+        secagg=p.secagg,
     )
 
 
