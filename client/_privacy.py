@@ -39,7 +39,7 @@ def private_settings(
     if instr.local_dp is None:
         refuse_non_private(policy)
         return settings, None
-    if not getattr(task, "supports_local_dp", False):
+    if not task.supports_local_dp:
         raise TaskError(f"task {task.name!r} does not support local DP-SGD")
     check_model(model)
     target = instr.local_dp

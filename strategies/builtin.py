@@ -142,12 +142,14 @@ for _spec in (
         "from Decentralized Data (arXiv:1602.05629)",
         params_model=NoParams,
         factory=_fedavg,
+        plain_fedavg=True,
     ),
     StrategySpec(
         name="fedprox",
         paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (arXiv:1812.06127)",
         params_model=FedProxParams,
         factory=_fedprox,
+        per_example_loss=False,
     ),
     StrategySpec(
         name="fedadam",

@@ -35,8 +35,13 @@ class Sampling:
 class StrategySpec:
     """A named strategy: how to build it, what parameters it takes, where it comes from.
 
+    Capabilities, so that nothing dispatches on a strategy's name:
     ``needs_individual_updates`` marks robust aggregators that must see every client's update
-    on its own (they cannot run under secure aggregation). ``check`` returns problems that
+    on its own (they do not average, so central DP's noise and secure aggregation do not fit);
+    ``per_example_loss``: its client objective is a sum of per-example losses, which DP-SGD
+    can bound (FedProx's proximal term is not); ``plain_fedavg``: it is Flower's unweighted-
+    by-design FedAvg, the only strategy Flower's central-DP accountant and SecAgg+ (legacy API,
+    Flower 1.42) work with. ``check`` returns problems that
     depend on the rest of the plan, e.g. Krum's bound on the number of malicious nodes.
     ``state_attrs`` names the strategy's attributes (dicts of arrays, such as FedAdam's
     moments) that a checkpoint must save for a resumed federation to continue exactly.
@@ -47,6 +52,8 @@ class StrategySpec:
     params_model: type[BaseModel]
     factory: Callable[[Sampling, BaseModel], Strategy]
     needs_individual_updates: bool = False
+    per_example_loss: bool = True
+    plain_fedavg: bool = False
     check: Callable[[BaseModel, int], list[str]] | None = None
     state_attrs: tuple[str, ...] = ()
 

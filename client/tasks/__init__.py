@@ -43,7 +43,15 @@ def resolve_task(ref: str) -> Task:
     if not isinstance(obj, Task):
         missing = [
             m
-            for m in ("name", "dataset", "input_shape", "build_model", "train", "evaluate")
+            for m in (
+                "name",
+                "dataset",
+                "input_shape",
+                "supports_local_dp",
+                "build_model",
+                "train",
+                "evaluate",
+            )
             if not hasattr(obj, m)
         ]
         raise TaskError(

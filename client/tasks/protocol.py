@@ -74,6 +74,11 @@ class Task(Protocol):
     @property
     def input_shape(self) -> tuple[int, ...]: ...
 
+    @property
+    def supports_local_dp(self) -> bool:
+        """Whether ``train`` honours ``settings.dp`` (DP-SGD) and reports ``dp-steps``; a
+        federation with ``[privacy.local]`` refuses a task that does not."""
+
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (same architecture on server and every client)."""
 

@@ -54,13 +54,13 @@ def privacy_problems(
 
 def _local_problems(spec: StrategySpec | None, task: Task | None) -> list[str]:
     problems: list[str] = []
-    if spec is not None and spec.name == "fedprox":
+    if spec is not None and not spec.per_example_loss:
         problems.append(
             "privacy.local: FedProx's proximal term is not a per-example loss, so DP-SGD "
             "cannot bound it; use fedavg (or another strategy) with local DP"
         )
     if task is not None:
-        if not getattr(task, "supports_local_dp", False):
+        if not task.supports_local_dp:
             problems.append(f"privacy.local: task {task.name!r} does not support DP-SGD")
         else:
             problems += [f"privacy.local: {m}" for m in model_problems(task.build_model())]
@@ -82,7 +82,7 @@ def _central_problems(c: CentralDpSection, spec: StrategySpec | None) -> list[st
                 "privacy.central: Flower's accountant covers fixed clipping only; "
                 "remove delta/max_epsilon or use clipping = 'fixed'"
             )
-        if spec is not None and spec.name != "fedavg":
+        if spec is not None and not spec.plain_fedavg:
             problems.append(
                 f"privacy.central: Flower's accountant needs strategy 'fedavg', not {spec.name!r}"
             )
@@ -102,7 +102,7 @@ def _secagg_problems(
             f"privacy.secagg: strategy {spec.name!r} must see each client's update, "
             "which secure aggregation hides; use fedavg"
         )
-    elif spec is not None and spec.name != "fedavg":
+    elif spec is not None and not spec.plain_fedavg:
         problems.append(
             f"privacy.secagg: SecAgg+ runs with FedAvg only in Flower 1.42 (got {spec.name!r})"
         )

@@ -16,6 +16,7 @@ class PoisonTask:
     name = "poison-digits"
     dataset = "digits"
     input_shape = (64,)
+    supports_local_dp = False
 
     def build_model(self) -> torch.nn.Module:
         return DIGITS_MLP.build_model()

@@ -50,6 +50,7 @@ class SecAggTask:
     name = "secagg-digits"
     dataset = "digits"
     input_shape = (64,)
+    supports_local_dp = False
 
     def build_model(self) -> torch.nn.Module:
         return DIGITS_MLP.build_model()

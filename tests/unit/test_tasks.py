@@ -131,7 +131,9 @@ def test_user_task_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     try:
         assert resolve_task("usertask:task").name == "tiny"
         assert resolve_task("usertask:factory").name == "tiny"
-        with pytest.raises(TaskError, match="missing: dataset, input_shape, train, evaluate"):
+        with pytest.raises(
+            TaskError, match="missing: dataset, input_shape, supports_local_dp, train, evaluate"
+        ):
             resolve_task("usertask:half")
         with pytest.raises(TaskError, match="has no 'nope'"):
             resolve_task("usertask:nope")
