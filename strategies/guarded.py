@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from hashlib import sha256
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -26,6 +27,24 @@ from federator.strategies.grid import ForwardingGrid
 from federator.strategies.screening import ArraySpec, Screened, array_specs, screen_replies
 
 NodeOrder = Callable[[int], str]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A train phase's result: the aggregate (``None``: no update was acceptable), the
+    clients' aggregated metrics, and what screening decided about each reply."""
+
+    arrays: ArrayRecord | None
+    metrics: MetricRecord | None
+    screened: Screened
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """An evaluate phase's result: the aggregated metrics and what screening decided."""
+
+    metrics: MetricRecord | None
+    screened: Screened
 
 
 class _OrderedGrid(ForwardingGrid):
@@ -69,8 +88,9 @@ class Guarded(Strategy):
     """Screen replies and sample reproducibly around ``inner``.
 
     ``node_order`` maps a node id to a stable sort key (Federator uses the label each node
-    reports); by default node ids are used, which is stable within one deployment. After each
-    ``aggregate_*`` call, ``last_train`` / ``last_evaluate`` hold what screening decided.
+    reports); by default node ids are used, which is stable within one deployment.
+    `train_round` / `evaluate_round` return the screening outcome with the aggregate (the round
+    loop uses them); Flower's ``aggregate_*`` methods return only what Flower expects.
     """
 
     def __init__(self, inner: Strategy, *, seed: int, node_order: NodeOrder | None = None):
@@ -78,8 +98,6 @@ class Guarded(Strategy):
         self._seed = seed
         self._node_order: NodeOrder = node_order or str
         self._expected: dict[str, ArraySpec] | None = None
-        self.last_train: Screened | None = None
-        self.last_evaluate: Screened | None = None
 
     def summary(self) -> None:
         self.inner.summary()
@@ -95,17 +113,21 @@ class Guarded(Strategy):
                 )
             )
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def train_round(self, server_round: int, replies: Iterable[Message]) -> Trained:
+        """Screen the train replies, aggregate the accepted ones."""
         screened = screen_replies(replies, expected=self._expected)
-        self.last_train = screened
         if not screened.accepted:
-            return None, None
+            return Trained(None, None, screened)
         arrays, metrics = self.inner.aggregate_train(server_round, screened.messages())
         if arrays is not None and self._expected is not None:
             arrays = _cast_like(arrays, self._expected)
-        return arrays, metrics
+        return Trained(arrays, metrics, screened)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        trained = self.train_round(server_round, replies)
+        return trained.arrays, trained.metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -117,11 +139,14 @@ class Guarded(Strategy):
                 )
             )
 
+    def evaluate_round(self, server_round: int, replies: Iterable[Message]) -> Evaluated:
+        """Screen the evaluate replies, aggregate the accepted ones."""
+        screened = screen_replies(replies, expected=None)
+        if not screened.accepted:
+            return Evaluated(None, screened)
+        return Evaluated(self.inner.aggregate_evaluate(server_round, screened.messages()), screened)
+
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        screened = screen_replies(replies, expected=None)
-        self.last_evaluate = screened
-        if not screened.accepted:
-            return None
-        return self.inner.aggregate_evaluate(server_round, screened.messages())
+        return self.evaluate_round(server_round, replies).metrics

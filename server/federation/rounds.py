@@ -37,12 +37,13 @@ from federator.server.federation.events import (
     RoundStatus,
 )
 from federator.server.federation.exchange import Exchange
-from federator.server.federation.gate import Candidate, Gate
+from federator.server.federation.gate import Candidate, Decision, Gate
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan import FederationPlan
 from federator.server.plan.config import GateMetric
 from federator.simulations.datasets import ArrayData
 from federator.strategies import Guarded, Screened
+from federator.strategies.guarded import Evaluated, Trained
 
 MAX_CONSECUTIVE_SKIPS = 3
 
@@ -98,6 +99,13 @@ def initial_arrays(task: Task, seed: int) -> ArrayRecord:
         return model_arrays(task.build_model())
 
 
+@dataclass(frozen=True)
+class _TrainPhase:
+    result: Trained
+    sampled: int
+    skip_reason: str | None
+
+
 @dataclass
 class _RoundState:
     arrays: ArrayRecord
@@ -129,7 +137,7 @@ class Federation:
         self.run_id = run_id
         self._grid = grid
         self._exchanger = exchange or Exchange(grid)
-        self._evaluate = evaluator
+        self._evaluate_server = evaluator
         self._directory = directory
         self._observers = list(observers)
         self._node_timeout = node_timeout
@@ -178,8 +186,8 @@ class Federation:
         started = FederationStarted(
             plan=plan,
             nodes=nodes,
-            initial_eval=self._evaluate(state.arrays),
-            example_input=self._evaluate.example_input(),
+            initial_eval=self._evaluate_server(state.arrays),
+            example_input=self._evaluate_server.example_input(),
             resumed_after=state.first_round - 1,
             resumed=resumed or resume is not None,
             run_id=self.run_id,
@@ -280,71 +288,99 @@ class Federation:
             ) from err
 
     def _round(self, rnd: int, arrays: ArrayRecord, server_side: Executor) -> RoundOutcome:
+        """One round: train, then (if an aggregate came out) evaluate and decide."""
         t0 = self._clock()
         self._directory.refresh()
-        s = self.strategy
-        s.last_train = s.last_evaluate = None
+        train = self._train(rnd, arrays)
+        outcome = RoundOutcome(
+            round=rnd,
+            status=RoundStatus.SKIPPED,
+            arrays=None,
+            sampled=train.sampled,
+            train_clients=self._results(train.result.screened),
+            eval_clients=[],
+            refusals=self._refusals(train.result.screened, "train"),
+            train_metrics=_scalars(train.result.metrics),
+            eval_metrics={},
+            server_eval=None,
+            decision=None,
+            wall_time=0.0,
+            skip_reason=train.skip_reason,
+            privacy=self.central.spent() if self.central else {},
+        )
+        if train.skip_reason is not None or train.result.arrays is None:
+            return replace(outcome, wall_time=self._clock() - t0)
+        new_arrays = train.result.arrays
+        evaluated, server_eval = self._evaluate(rnd, new_arrays, server_side)
+        eval_clients = self._results(evaluated.screened)
+        return replace(
+            outcome,
+            status=RoundStatus.COMPLETED,
+            arrays=new_arrays,
+            eval_clients=eval_clients,
+            refusals=[*outcome.refusals, *self._refusals(evaluated.screened, "evaluate")],
+            eval_metrics=_scalars(evaluated.metrics),
+            server_eval=server_eval,
+            decision=self._decide(rnd, server_eval, eval_clients),
+            wall_time=self._clock() - t0,
+        )
+
+    def _train(self, rnd: int, arrays: ArrayRecord) -> _TrainPhase:
+        """Sample, send, screen and aggregate; the skip reason if the round cannot go on."""
         sampling, timeout = self.plan.strategy.sampling, self.plan.strategy.round_timeout
         # Flower's sampling waits forever for its minimum of nodes: wait here, boundedly.
-        skip_reason = self._directory.short_of(
+        short = self._directory.short_of(
             max(sampling.min_available_nodes, sampling.min_train_nodes),
             timeout=timeout,
             on_wait=self._waiting,
         )
-        train_msgs = [] if skip_reason else self._configure_train(rnd, arrays)
-        new_arrays: ArrayRecord | None = None
-        train_metrics: MetricRecord | None = None
-        if skip_reason is not None:
-            pass
-        elif self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
-            trained = self._secagg(rnd, arrays, train_msgs)
-            new_arrays, train_metrics = trained.arrays, trained.metrics
-            skip_reason, s.last_train = trained.skip_reason, trained.screened
+        if short is not None:
+            return _TrainPhase(Trained(None, None, Screened([], [])), 0, short)
+        train_msgs = self._configure_train(rnd, arrays)
+        skip_reason = None
+        if self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
+            secagg = self._secagg(rnd, arrays, train_msgs)
+            result = Trained(secagg.arrays, secagg.metrics, secagg.screened)
+            skip_reason = secagg.skip_reason
         else:
             try:
-                new_arrays, train_metrics = s.aggregate_train(rnd, self._exchange(train_msgs))
+                result = self.strategy.train_round(rnd, self._exchange(train_msgs))
             except (AggregationError, InconsistentMessageReplies) as err:
-                new_arrays, train_metrics, skip_reason = None, None, f"aggregation failed: {err}"
-        accepted = len(s.last_train.accepted) if s.last_train else 0
+                result = Trained(None, None, Screened([], []))
+                skip_reason = f"aggregation failed: {err}"
+        accepted = len(result.screened.accepted)
         if skip_reason is None and (
-            new_arrays is None or accepted < self.plan.strategy.min_replies
+            result.arrays is None or accepted < self.plan.strategy.min_replies
         ):
             skip_reason = (
                 f"{accepted} of {len(train_msgs)} sampled clients returned an "
                 f"acceptable update (minimum {self.plan.strategy.min_replies})"
             )
-        skipped = RoundOutcome(
-            round=rnd,
-            status=RoundStatus.SKIPPED,
-            arrays=None,
-            sampled=len(train_msgs),
-            train_clients=self._results(s.last_train),
-            eval_clients=[],
-            refusals=self._refusals(s.last_train, "train"),
-            train_metrics=_scalars(train_metrics),
-            eval_metrics={},
-            server_eval=None,
-            decision=None,
-            wall_time=0.0,
-            skip_reason=skip_reason,
-            privacy=self.central.spent() if self.central else {},
-        )
-        if skip_reason is not None or new_arrays is None:
-            return replace(skipped, wall_time=self._clock() - t0)
+        return _TrainPhase(result, len(train_msgs), skip_reason)
 
+    def _evaluate(
+        self, rnd: int, arrays: ArrayRecord, server_side: Executor
+    ) -> tuple[Evaluated, Evaluation]:
+        """Clients evaluate on their splits while the server evaluates on its hold-out."""
+        sampling = self.plan.strategy.sampling
         short = self._directory.short_of(
             max(sampling.min_available_nodes, sampling.min_evaluate_nodes), timeout=0.0
         )
         eval_msgs = (
             []  # too few nodes left to sample for evaluation: the server's hold-out decides
             if short or sampling.fraction_evaluate == 0
-            else list(s.configure_evaluate(rnd, new_arrays, self._fresh_config(), self._grid))
+            else list(
+                self.strategy.configure_evaluate(rnd, arrays, self._fresh_config(), self._grid)
+            )
         )
-        # The server evaluates on its hold-out while the clients evaluate on theirs.
-        server_future = server_side.submit(self._evaluate, new_arrays)
-        eval_metrics = s.aggregate_evaluate(rnd, self._exchange(eval_msgs))
-        server_eval = server_future.result()
-        eval_clients = self._results(s.last_evaluate)
+        server_future = server_side.submit(self._evaluate_server, arrays)
+        evaluated = self.strategy.evaluate_round(rnd, self._exchange(eval_msgs))
+        return evaluated, server_future.result()
+
+    def _decide(
+        self, rnd: int, server_eval: Evaluation, eval_clients: Sequence[ClientResult]
+    ) -> Decision:
+        """The gate's verdict on this round's model (promoting it if it passes)."""
         metric = self.plan.gate.metric
         candidate = Candidate(
             round=rnd,
@@ -356,14 +392,4 @@ class Federation:
         decision = self.gate.decide(candidate)
         if decision.promoted:
             self.gate.promote(candidate)
-        return replace(
-            skipped,
-            status=RoundStatus.COMPLETED,
-            arrays=new_arrays,
-            eval_clients=eval_clients,
-            refusals=[*skipped.refusals, *self._refusals(s.last_evaluate, "evaluate")],
-            eval_metrics=_scalars(eval_metrics),
-            server_eval=server_eval,
-            decision=decision,
-            wall_time=self._clock() - t0,
-        )
+        return decision

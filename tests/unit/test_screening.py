@@ -146,12 +146,17 @@ def test_guarded_fedavg_leaves_out_the_bad_update() -> None:
     replies.append(reply(99, w=np.full((2, 3), np.nan, np.float32), n=1000, label="evil"))
     g = Guarded(FedAvg(min_available_nodes=1, min_train_nodes=1), seed=0)
     g.configure_train(1, GLOBAL, ConfigRecord(), ONE_NODE)
+    trained = g.train_round(1, replies)
+    assert trained.arrays is not None
+    expected = (2.0 * 10 + 5.0 * 30) / 40
+    np.testing.assert_allclose(trained.arrays["w"].numpy(), np.full((2, 3), expected), rtol=1e-6)
+    assert [r.label for r in trained.screened.rejected] == ["evil"]
+    assert [r.label for r in trained.screened.accepted] == ["p0", "p1"]
+    # Flower's own interface gives the same aggregate, without the screening record.
+    g.configure_train(1, GLOBAL, ConfigRecord(), ONE_NODE)
     arrays, _ = g.aggregate_train(1, replies)
     assert arrays is not None
-    expected = (2.0 * 10 + 5.0 * 30) / 40
-    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 3), expected), rtol=1e-6)
-    assert g.last_train is not None
-    assert [r.label for r in g.last_train.rejected] == ["evil"]
+    np.testing.assert_array_equal(arrays["w"].numpy(), trained.arrays["w"].numpy())
 
 
 def test_guarded_with_no_good_update_aggregates_nothing() -> None:
