@@ -333,13 +333,22 @@ def strategies() -> None:
     from federator.strategies import STRATEGIES
 
     table = Table(title="Strategies", title_justify="left")
-    for col in ("name", "parameters (defaults)", "robust", "paper"):
+    for col in ("name", "parameters (defaults)", "robust", "works with", "paper"):
         table.add_column(col, overflow="fold")
     for name in STRATEGIES:
         spec = STRATEGIES.get(name)
         params = ", ".join(f"{k}={v.default}" for k, v in spec.params_model.model_fields.items())
+        works = [
+            *(["local DP"] if spec.per_example_loss else []),
+            *(["central DP"] if not spec.needs_individual_updates else []),
+            *(["accounted central DP", "SecAgg+"] if spec.plain_fedavg else []),
+        ]
         table.add_row(
-            name, params or "–", "yes" if spec.needs_individual_updates else "", spec.paper
+            name,
+            params or "–",
+            "yes" if spec.needs_individual_updates else "",
+            ", ".join(works) or "–",
+            spec.paper,
         )
     out.print(table)
 
