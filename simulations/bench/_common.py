@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -196,3 +197,42 @@ def print_table(
     console.print("markdown:\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         console.print("| " + " | ".join(row) + " |", highlight=False, soft_wrap=True)
+
+
+def ratio_interval(
+    base: Sequence[Sequence[float]],
+    ours: Sequence[Sequence[float]],
+    *,
+    rng: np.random.Generator,
+    samples: int = 4000,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Ratio of mean steady round times, ours ÷ base, with a bootstrap interval.
+
+    Each argument holds one list of round times per run (round 1 already left out). The
+    bootstrap is hierarchical — resample runs, then rounds within each drawn run — because
+    runs differ more from each other (Ray placement, drift) than rounds within a run do, and
+    a plain resampling of all rounds would claim more precision than the runs allow
+    (Davison & Hinkley 1997, Bootstrap Methods and their Application, §3.8).
+    Returns (point estimate, lower, upper) at ``level``.
+    """
+    if not base or not ours or not all(base) or not all(ours):
+        raise ValueError("every run needs at least one round time")
+
+    def draw(runs: Sequence[Sequence[float]]) -> float:
+        picked = rng.integers(len(runs), size=len(runs))
+        total = count = 0.0
+        for i in picked:
+            times = np.asarray(runs[i], dtype=float)
+            total += float(times[rng.integers(len(times), size=len(times))].sum())
+            count += len(times)
+        return total / count
+
+    def mean(runs: Sequence[Sequence[float]]) -> float:
+        return float(np.concatenate([np.asarray(r, dtype=float) for r in runs]).mean())
+
+    point = mean(ours) / mean(base)
+    ratios = np.array([draw(ours) / draw(base) for _ in range(samples)])
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return point, float(lo), float(hi)
