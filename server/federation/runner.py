@@ -17,7 +17,6 @@ from federator.server.federation.durability import DurabilityListener
 from federator.server.federation.events import (
     FederationStarted,
     FederationSummary,
-    Observer,
     RoundOutcome,
 )
 from federator.server.federation.exchange import Exchange
@@ -75,28 +74,17 @@ def run_federation(
         tracking.open()
     exchange = Exchange(grid, cancel=cancel)
     directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
-    observers: list[Observer] = [tracking, display]
-    channel = None
-    if signer is not None:
-
-        def on_delivery(deliveries: DeliveryReport) -> None:
-            tracking.on_release(deliveries)
-            display.on_release(deliveries)
-
-        channel = ReleaseChannel(
-            grid_nodes=lambda: list(grid.get_node_ids()),
-            exchange=exchange,
-            directory=directory,
-            source=tracking.take_releases,
-            report=on_delivery,
-        )
-        observers.append(channel)
+    channel = (
+        _release_channel(grid, exchange, directory, tracking=tracking, display=display)
+        if signer is not None
+        else None
+    )
     federation = Federation(
         plan,
         grid=grid,
         evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
         directory=directory,
-        observers=observers,
+        observers=[tracking, display, *([channel] if channel else [])],
         exchange=exchange,
         node_timeout=node_timeout,
         run_id=tracking.run_id,
@@ -104,16 +92,7 @@ def run_federation(
     try:
         outcomes = federation.run(resume=checkpoint, resumed=resume is not None)
     except BaseException as err:
-        display.stop()
-        try:
-            report = tracking.finish(failed=err, on_wait=display.saving)
-            err.add_note(
-                f"saved through round {report.durability.saved_through} in MLflow run "
-                f"{report.run_id} ({report.ui_command}); continue it with --resume "
-                f"{report.run_id}"
-            )
-        except Exception as tracking_err:  # noqa: BLE001 - the round error is the one to raise
-            err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")
+        _record_failure(err, tracking=tracking, display=display)
         raise
     display.stop()
     if channel is not None:
@@ -136,3 +115,41 @@ def run_federation(
     )
     display.summary(summary)
     return summary
+
+
+def _release_channel(
+    grid: Grid,
+    exchange: Exchange,
+    directory: NodeDirectory,
+    *,
+    tracking: MlflowTracking,
+    display: Display,
+) -> ReleaseChannel:
+    """The channel that pushes each committed champion to the nodes; every push is recorded
+    in MLflow and shown."""
+
+    def on_delivery(deliveries: DeliveryReport) -> None:
+        tracking.on_release(deliveries)
+        display.on_release(deliveries)
+
+    return ReleaseChannel(
+        grid_nodes=lambda: list(grid.get_node_ids()),
+        exchange=exchange,
+        directory=directory,
+        source=tracking.take_releases,
+        report=on_delivery,
+    )
+
+
+def _record_failure(err: BaseException, *, tracking: MlflowTracking, display: Display) -> None:
+    """End the MLflow run after ``err`` (its writes drained) and note on ``err`` what is saved."""
+    display.stop()
+    try:
+        report = tracking.finish(failed=err, on_wait=display.saving)
+        err.add_note(
+            f"saved through round {report.durability.saved_through} in MLflow run "
+            f"{report.run_id} ({report.ui_command}); continue it with --resume "
+            f"{report.run_id}"
+        )
+    except Exception as tracking_err:  # noqa: BLE001 - the round error is the one to raise
+        err.add_note(f"also, recording the failure in MLflow failed: {tracking_err}")

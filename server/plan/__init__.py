@@ -237,9 +237,28 @@ def build_plan(
         cfg = FederationConfig.model_validate(merged)
     except ValidationError as err:
         raise _config_error(source, _origin_notes(_pydantic_problems(err), overrides)) from None
+    parts, problems = _resolve(cfg)
+    if problems or parts is None:
+        raise _config_error(source, _origin_notes(problems, overrides))
+    return _freeze(cfg, parts, source=source)
 
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the config names, looked up: strategy, its parameters, task, tracking, release."""
+
+    spec: StrategySpec
+    params: BaseModel
+    task: Task
+    tracking: TrackingPlan
+    release: ReleasePlan | None
+
+
+def _resolve(cfg: FederationConfig) -> tuple[_Parts | None, list[str]]:
+    """Look up what ``cfg`` names and check it against the rest: every problem at once."""
     problems: list[str] = []
-    spec = params = task = None
+    spec = params = task = tracking = None
+    release: ReleasePlan | None = None
     try:
         spec = STRATEGIES.get(cfg.strategy.name)
     except FederatorError as err:
@@ -263,17 +282,26 @@ def build_plan(
         release = release_plan(cfg.release)
     except ConfigError as err:
         problems.append(str(err))
-    if problems or spec is None or params is None or task is None:
-        raise _config_error(source, _origin_notes(problems, overrides))
+    if spec is None or params is None or task is None or tracking is None:
+        return None, problems
+    return _Parts(spec, params, task, tracking, release), problems
 
-    n, s, t = cfg.data.clients, cfg.strategy, cfg.training
-    sampling = Sampling(
+
+def _sampling(cfg: FederationConfig) -> Sampling:
+    """Who takes part in a round, with the defaults filled in (at most 2 nodes, or all)."""
+    n, s = cfg.data.clients, cfg.strategy
+    return Sampling(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=s.min_train_nodes or min(2, n),
         min_evaluate_nodes=s.min_evaluate_nodes if s.min_evaluate_nodes is not None else min(2, n),
         min_available_nodes=s.min_available_nodes or n,
     )
+
+
+def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationPlan:
+    """The frozen plan of a config that passed every check."""
+    spec, params, task = parts.spec, parts.params, parts.task
     resolved = cfg.model_dump(mode="json")
     resolved["data"]["dataset"] = cfg.data.dataset or task.dataset
     resolved["strategy"]["params"] = params.model_dump(mode="json")
@@ -283,27 +311,26 @@ def build_plan(
         seed=cfg.federation.seed,
         task_ref=cfg.task.name,
         data=SimulationData(
-            **cfg.data.model_dump(exclude={"dataset", "clients"}),
+            **cfg.data.model_dump(exclude={"dataset"}),
             dataset=cfg.data.dataset or task.dataset,
-            clients=n,
             seed=cfg.federation.seed,
         ),
         strategy=StrategyPlan(
             name=spec.name,
             spec=spec,
             params=params,
-            sampling=sampling,
-            min_replies=s.min_replies,
-            round_timeout=s.round_timeout,
+            sampling=_sampling(cfg),
+            min_replies=cfg.strategy.min_replies,
+            round_timeout=cfg.strategy.round_timeout,
         ),
         training=TrainSettings(
-            **t.model_dump(),
+            **cfg.training.model_dump(),
             proximal_mu=float(getattr(params, "proximal_mu", 0.0)),
             seed=cfg.federation.seed,
         ),
-        tracking=tracking,
+        tracking=parts.tracking,
         gate=cfg.gate,
-        release=release,
+        release=parts.release,
         privacy=privacy_plan(cfg, train_nodes=_train_nodes(cfg)),
         source=source,
         resolved=resolved,
