@@ -37,10 +37,12 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from federator.client.wire import SECAGG_ACTION
-from federator.client.wire import SECAGG_CLIPPING_KEY as CLIPPING_KEY
-from federator.client.wire import SECAGG_KEYS_KEY as KEYS_KEY
-from federator.client.wire import SECAGG_MAX_WEIGHT_KEY as MAX_WEIGHT_KEY
+from federator.client.wire import (
+    SECAGG_ACTION,
+    SECAGG_CLIPPING_KEY,
+    SECAGG_KEYS_KEY,
+    SECAGG_MAX_WEIGHT_KEY,
+)
 from federator.privacy._secagg_server import OneRound, SendReceive, StageGrid
 from federator.privacy.secagg_client import (
     SECAGG_MESSAGE_TYPE,
@@ -159,9 +161,9 @@ def run_secagg_round(
     with the error as the reason.
     """
     full_config = dict(config) | {
-        KEYS_KEY: "\n".join(keys),
-        CLIPPING_KEY: params.clipping_range,
-        MAX_WEIGHT_KEY: params.max_weight,
+        SECAGG_KEYS_KEY: "\n".join(keys),
+        SECAGG_CLIPPING_KEY: params.clipping_range,
+        SECAGG_MAX_WEIGHT_KEY: params.max_weight,
     }
     proxies = [GridClientProxy(node_id=n, grid=grid, run_id=grid.run.run_id) for n in node_ids]
     fitins = FitIns(ndarrays_to_parameters(list(arrays)), full_config)

@@ -28,13 +28,15 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from federator import UpdateRejected
-from federator.client.wire import SECAGG_ACTION
-from federator.client.wire import SECAGG_CLIPPING_KEY as CLIPPING_KEY
-from federator.client.wire import SECAGG_KEYS_KEY as KEYS_KEY
-from federator.client.wire import SECAGG_MAX_WEIGHT_KEY as MAX_WEIGHT_KEY
+from federator.client.wire import (
+    SECAGG_ACTION,
+    SECAGG_CLIPPING_KEY,
+    SECAGG_KEYS_KEY,
+    SECAGG_MAX_WEIGHT_KEY,
+)
 
 SECAGG_MESSAGE_TYPE = f"{MessageType.TRAIN}.{SECAGG_ACTION}"
-_OWN_KEYS = (KEYS_KEY, CLIPPING_KEY, MAX_WEIGHT_KEY)
+_OWN_KEYS = (SECAGG_KEYS_KEY, SECAGG_CLIPPING_KEY, SECAGG_MAX_WEIGHT_KEY)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from federator.client.wire import NUM_EXAMPLES
 from federator.privacy.secagg import SecAggParams, SecAggResult, SendReceive, run_secagg_round
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.plan.privacy import SecAggPlan
+from federator.server.plan.config import SecAggSection
 from federator.strategies.screening import ClientReply, Rejection, Screened
 
 
@@ -88,7 +88,7 @@ class SecAggTraining:
 
     def __init__(
         self,
-        plan: SecAggPlan,
+        plan: SecAggSection,
         *,
         grid: Grid,
         exchange: SendReceive,

@@ -87,12 +87,6 @@ class DurabilityLedger:
         self._waits = 0
         self._waited = 0.0
 
-    @property
-    def saved_through(self) -> int:
-        """The last round whose checkpoint is committed."""
-        with self._cond:
-            return self._saved_through
-
     def ended(self, round_: int) -> None:
         """Round ``round_`` has its outcome (called before its write is queued)."""
         with self._cond:
@@ -109,11 +103,6 @@ class DurabilityLedger:
                 self._lag_seconds.append(self._clock() - end)
             self._saved_through = max(self._saved_through, round_)
             self._cond.notify_all()
-
-    def unsaved(self, round_: int) -> int:
-        """How many rounds up to ``round_`` are ended but not committed."""
-        with self._cond:
-            return max(0, round_ - self._saved_through)
 
     def hold_back(
         self,

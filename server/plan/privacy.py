@@ -21,9 +21,6 @@ from federator.server.plan.config import (
 )
 from federator.strategies import StrategySpec
 
-# SecAgg+ as planned is the config's own frozen `[privacy.secagg]` section: one declaration.
-SecAggPlan = SecAggSection
-
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
@@ -31,7 +28,8 @@ class PrivacyPlan:
 
     local: LocalDpTarget | None = None
     central: CentralDpSettings | None = None
-    secagg: SecAggPlan | None = None
+    # SecAgg+ as planned is the config's own frozen `[privacy.secagg]` section.
+    secagg: SecAggSection | None = None
 
 
 def _central(c: CentralDpSection, clients: int, sampled: int) -> CentralDpSettings:

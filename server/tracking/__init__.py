@@ -202,11 +202,6 @@ class MlflowTracking:
     def _steps(self, metric: str) -> set[int]:
         return {m.step for m in self._client.get_metric_history(self.run_id, metric)}
 
-    @property
-    def saved_through(self) -> int:
-        """The last round whose checkpoint is committed."""
-        return self._opened.ledger.saved_through
-
     def drain(self, *, on_wait: Callable[[int], None] | None = None) -> None:
         """Wait until every queued write is done (the run stays open; exports go on)."""
         self._opened.worker.wait_idle(on_wait=on_wait)

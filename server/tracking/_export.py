@@ -175,10 +175,6 @@ class FlavourExports:
     def add(self, job: FlavourJob) -> None:
         self._worker.submit(f"export version {job.version}", lambda: self._run(job))
 
-    @property
-    def pending(self) -> int:
-        return self._worker.pending
-
     def abandon(self) -> None:
         """Skip what is queued (after a failure: a resume exports it)."""
         self._abandoned.set()
