@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federator.client._node_loop import PULL_INTERVAL
+from federator.client._flwr_compat import PULL_INTERVAL
 
 out = Console()
 
@@ -38,19 +38,29 @@ def node_start(
         int, typer.Option("--port", help="Local port for this node's ClientApp API.")
     ] = 9094,
     pull_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--pull-interval",
             min=0.05,
             max=60.0,
-            help="Seconds between this node's requests for work (Flower's own SuperNode: 3).",
+            help=f"Seconds between this node's requests for work [default: {PULL_INTERVAL:g}; "
+            "Flower's own SuperNode: 3].",
         ),
-    ] = PULL_INTERVAL,
+    ] = None,
+    stock_flower: Annotated[
+        bool,
+        typer.Option(
+            "--stock-flower",
+            help="Run Flower's own SuperNode and SuperExec, none of Federator's speed-ups "
+            "(slower rounds; for when a Flower upgrade breaks them).",
+        ),
+    ] = False,
     connect_timeout: Annotated[
         float, typer.Option("--connect-timeout", help="Seconds to wait for the coordinator.")
     ] = 120.0,
 ) -> None:
     """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
+    from federator.client._flwr_compat import NodeRuntime
     from federator.client.actions import run_action
     from federator.client.processes import supervise
     from federator.client.supernode import admit, check_node, start_node
@@ -68,6 +78,7 @@ def node_start(
             superlink=superlink,
             port=port,
             pull_interval=pull_interval,
+            runtime=NodeRuntime.STOCK if stock_flower else NodeRuntime.FEDERATOR,
         )
         table = Table(title=f"Node {node_kit.node!r}", show_header=False, title_justify="left")
         table.add_column(style="bold")
@@ -78,7 +89,9 @@ def node_start(
         table.add_row("policy", str(policy) if policy else "none (any run; no privacy limit)")
         table.add_row("state", f"{folder} (ledger, models, supernode.log)")
         table.add_row(
-            "SuperNode", f"pid {node.supernode.pid}, asks for work every {pull_interval:g} s"
+            "SuperNode",
+            f"pid {node.supernode.pid}, asks for work every {node.pull_interval:g} s"
+            + (" (stock Flower)" if stock_flower else ""),
         )
         table.add_row("ClientApp executor", f"pid {node.executor.pid}")
         out.print(table)

@@ -10,7 +10,6 @@ its privacy ledger and installed models under the node's state folder.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ from pathlib import Path
 from flwr.common.constant import HEARTBEAT_PATIENCE
 
 from federator import DataError, DeploymentError
-from federator.client._node_loop import HEARTBEAT_INTERVAL, PULL_INTERVAL
+from federator.client._flwr_compat import NodeRuntime, node_commands
 from federator.client.local_data import load_node_data
 from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.processes import (
@@ -73,20 +72,29 @@ def check_node(kit: NodeKit, *, data: Path, policy: Path | None) -> NodeStart:
 
 @dataclass(frozen=True, kw_only=True)
 class RunningNode:
-    """A started node: Flower's SuperNode (``--isolation process``, driven by our pull loop,
-    `federator.client._node_loop`) and the executor that runs its ClientApps, each in its own
-    process group.
+    """A started node: its SuperNode (``--isolation process``) and the executor that runs
+    its ClientApps, each in its own process group.
 
-    The executor forks every message's ClientApp process from a parent that has already
-    imported torch and Federator: a round does not wait for those imports (see
-    `federator.client._warm_exec`)."""
+    With `NodeRuntime.FEDERATOR` the SuperNode is driven by our pull loop and the executor
+    forks every message's ClientApp process from a parent that has already imported torch
+    and Federator; with `NodeRuntime.STOCK` both are Flower's own commands (see
+    `federator.client._flwr_compat`)."""
 
     supernode: ManagedProcess
     executor: ManagedProcess
+    runtime: NodeRuntime
+    heartbeat_interval: float  # seconds the SuperNode announces to the SuperLink
+    pull_interval: float  # seconds between its requests for work
 
     @property
     def processes(self) -> list[ManagedProcess]:
         return [self.supernode, self.executor]
+
+    @property
+    def session_expiry(self) -> float:
+        """Seconds a crashed node's session stays open at the SuperLink: it waits
+        ``HEARTBEAT_PATIENCE`` announced intervals after the last heartbeat."""
+        return HEARTBEAT_PATIENCE * self.heartbeat_interval
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -102,7 +110,8 @@ def start_node(
     superlink: str | None = None,
     port: int = 9094,
     model: str | None = None,
-    pull_interval: float = PULL_INTERVAL,
+    pull_interval: float | None = None,
+    runtime: NodeRuntime = NodeRuntime.FEDERATOR,
 ) -> RunningNode:
     """Start this node's SuperNode and its ClientApp executor (call `check_node` first to
     report what it found).
@@ -110,10 +119,49 @@ def start_node(
     ``superlink`` overrides the kit's coordinator address (e.g. a tunnel); ``port`` is the
     SuperNode's local ClientApp API port (each node on a machine needs its own); ``model`` is
     the registered model whose releases this node installs (default: the federation's name);
-    ``pull_interval`` is how often the SuperNode asks the coordinator for a message (Flower's
-    own SuperNode waits 3 s; see `federator.client._node_loop`).
+    ``pull_interval`` is how often the SuperNode asks the coordinator for a message (default
+    0.2 s; Flower's own SuperNode waits 3 s and cannot be told otherwise); ``runtime`` picks
+    Federator's fast SuperNode loop or stock Flower. `DeploymentError` for a pull interval
+    with stock Flower.
     """
     state.mkdir(parents=True, exist_ok=True)
+    try:
+        commands = node_commands(
+            runtime,
+            flower_args=_flower_args(
+                kit, data=data, state=state, policy=policy, superlink=superlink, model=model
+            ),
+            port=port,
+            pull_interval=pull_interval,
+            parent_pid=os.getpid(),
+        )
+    except ValueError as err:
+        raise DeploymentError(f"--pull-interval: {err}") from None
+    supernode = launch(
+        "supernode", commands.supernode, log=state / "supernode.log", env=flower_env()
+    )
+    executor = launch(
+        "ClientApp executor", commands.executor, log=state / "superexec.log", env=flower_env()
+    )
+    return RunningNode(
+        supernode=supernode,
+        executor=executor,
+        runtime=runtime,
+        heartbeat_interval=commands.heartbeat_interval,
+        pull_interval=commands.pull_interval,
+    )
+
+
+def _flower_args(
+    kit: NodeKit,
+    *,
+    data: Path,
+    state: Path,
+    policy: Path | None,
+    superlink: str | None,
+    model: str | None,
+) -> list[str]:
+    """Flower's SuperNode arguments: TLS to the coordinator, the node's key, its node config."""
     node_config: dict[str, str | int | float] = {
         NodeConfigKey.NAME: kit.node,
         NodeConfigKey.DATA: str(data.resolve()),
@@ -124,50 +172,22 @@ def start_node(
     }
     if policy is not None:
         node_config[NodeConfigKey.POLICY] = str(policy.resolve())
-    argv = [
-        sys.executable,
-        "-m",
-        "federator.client._node_loop",  # Flower's SuperNode, pulling every `pull_interval` s
-        "--pull-interval",
-        str(pull_interval),
-        "--isolation",
-        "process",  # ClientApp processes come from our fork server (`_warm_exec`)
+    return [
         "--root-certificates",
         str(kit.ca_cert),
         "--superlink",
         superlink or kit.coordinator,
         "--auth-supernode-private-key",
         str(kit.node_key),
-        "--port",
-        str(port),
         "--node-config",
         node_config_string(node_config),
     ]
-    supernode = launch("supernode", argv, log=state / "supernode.log", env=flower_env())
-    executor = launch(
-        "ClientApp executor",
-        [
-            sys.executable,
-            "-m",
-            "federator.client._warm_exec",
-            "--runtime-api-address",
-            f"127.0.0.1:{port}",
-            "--parent-pid",
-            str(os.getpid()),
-        ],
-        log=state / "superexec.log",
-        env=flower_env(),
-    )
-    return RunningNode(supernode=supernode, executor=executor)
 
 
 ADMITTED = "SuperNode ID"  # what our SuperNode loop logs once the coordinator let it in
 # Flower's SuperLink answers an activation it refuses with this code, both for a key it does
 # not know and for a key whose previous session is still open: the node cannot tell which.
 ACTIVATION_REFUSED = "[code: 2004]"  # flwr ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
-# A crashed node's session stays open this long: the SuperLink waits HEARTBEAT_PATIENCE
-# announced intervals after the last heartbeat before it marks the node offline.
-SESSION_EXPIRY = HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL
 RETRY_AFTER = 2.0  # seconds between admission attempts while an old session expires
 
 
@@ -181,17 +201,17 @@ def admit(
 ) -> RunningNode:
     """Wait until the coordinator has admitted ``node``'s SuperNode; return the running node.
 
-    A node that crashed and comes back within `SESSION_EXPIRY` s of its last heartbeat is
-    refused: Flower's SuperLink activates a key only once its previous session has expired,
-    and refuses a key it does not know with the same error. So while refused that way, we
-    start the SuperNode again every `RETRY_AFTER` s (calling ``on_retry`` with why) for up to
-    `SESSION_EXPIRY` s plus one retry — an unknown key is then reported as such. Any other
-    failure (wrong CA, coordinator unreachable) raises at once; nothing waits past
+    A node that crashed and comes back within its `RunningNode.session_expiry` s of its last
+    heartbeat is refused: Flower's SuperLink activates a key only once its previous session
+    has expired, and refuses a key it does not know with the same error. So while refused
+    that way, we start the SuperNode again every `RETRY_AFTER` s (calling ``on_retry`` with
+    why) for up to that expiry plus one retry — an unknown key is then reported as such. Any
+    other failure (wrong CA, coordinator unreachable) raises at once; nothing waits past
     ``timeout`` s.
     """
     start = clock()
     deadline = start + timeout
-    give_up_refusals = start + SESSION_EXPIRY + 2 * RETRY_AFTER
+    give_up_refusals = start + node.session_expiry + 2 * RETRY_AFTER
     while True:
         proc = node.supernode
         if wait_for_log(proc, ADMITTED, timeout=max(0.0, deadline - clock()), sleep=sleep):
@@ -212,7 +232,7 @@ def admit(
             )
         on_retry(
             "the coordinator refused this node's key: if this node was running until "
-            f"recently, its previous session ends {SESSION_EXPIRY:.0f} s after its last "
+            f"recently, its previous session ends {node.session_expiry:.0f} s after its last "
             "heartbeat; trying again"
         )
         sleep(RETRY_AFTER)

@@ -5,7 +5,6 @@ refusal is exercised by the returning-node deployment test."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -13,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from federator import DeploymentError
-from federator.client import _node_loop
+from federator.client._flwr_compat import NodeRuntime, node_loop
 from federator.client.processes import flower_env, launch, wait_for_log
 from federator.client.supernode import (
     ACTIVATION_REFUSED,
     ADMITTED,
-    SESSION_EXPIRY,
     RunningNode,
     admit,
 )
@@ -57,6 +55,9 @@ def _node(tmp_path: Path, *outcomes: str) -> RunningNode:
             log=tmp_path / "x.log",
             env=env,
         ),
+        runtime=NodeRuntime.FEDERATOR,
+        heartbeat_interval=node_loop.HEARTBEAT_INTERVAL,
+        pull_interval=node_loop.PULL_INTERVAL,
     )
 
 
@@ -109,7 +110,7 @@ def test_a_key_refused_past_any_old_session_is_reported_unregistered(tmp_path: P
         admit(node, timeout=600, on_retry=said.append, sleep=_quick, clock=lambda: next(ticks))
     tries = int((tmp_path / "n").read_text())
     assert tries == len(said) + 1
-    assert 2 <= tries <= SESSION_EXPIRY / 5 + 1
+    assert 2 <= tries <= node.session_expiry / 5 + 1
     assert "within 30 s" in str(err.value)
     assert not node.executor.alive()
 
@@ -138,23 +139,3 @@ def test_an_earlier_process_marker_in_the_same_log_does_not_count(tmp_path: Path
     assert proc.output().strip() == "refused"
     assert proc.tail() == "refused"
     assert ADMITTED in log.read_text()
-
-
-def test_the_heartbeat_interval_reaches_flowers_connection_and_sender(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """flwr 1.42 reads the interval from module globals at call time; if that changes, our
-    shorter session expiry silently stops working."""
-    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
-    from flwr.supercore import heartbeat
-    from flwr.supernode import fleet_http_connection
-
-    assert _node_loop.HEARTBEAT_INTERVAL >= HEARTBEAT_MIN_INTERVAL  # the SuperLink's floor
-    monkeypatch.setattr(fleet_http_connection, "HEARTBEAT_DEFAULT_INTERVAL", 30)
-    monkeypatch.setattr(heartbeat, "HEARTBEAT_DEFAULT_INTERVAL", 30)
-    _node_loop.use_heartbeat_interval(_node_loop.HEARTBEAT_INTERVAL)
-    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == _node_loop.HEARTBEAT_INTERVAL
-    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == _node_loop.HEARTBEAT_INTERVAL
-    sent = inspect.getsource(fleet_http_connection.http_request_response)
-    assert sent.count("heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL") == 2  # activate + beat
-    assert "HEARTBEAT_DEFAULT_INTERVAL" in inspect.getsource(heartbeat.HeartbeatSender._run)

@@ -15,8 +15,8 @@ import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus, SubprocessExecutor
 
-from federator.client import _warm_exec
-from federator.client._warm_exec import WarmExecutor, clientapp_args
+from federator.client._flwr_compat import warm_exec as _warm_exec
+from federator.client._flwr_compat.warm_exec import WarmExecutor, clientapp_args
 
 
 class FakeProc:
@@ -136,7 +136,7 @@ def test_other_task_types_start_the_ordinary_way(monkeypatch: pytest.MonkeyPatch
 
 _SERVER = """
 import json, os, sys
-from federator.client._warm_exec import fork_server
+from federator.client._flwr_compat.warm_exec import fork_server
 
 out = sys.argv[1]
 

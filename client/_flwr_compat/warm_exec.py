@@ -18,7 +18,7 @@ model, no connection, no thread, and has drawn no random numbers (every child st
 RNG state of a freshly started interpreter; Python's ``random`` is reseeded at fork, as in a
 new process). Task types other than ClientApps are started the ordinary way.
 
-    python -m federator.client._warm_exec --runtime-api-address 127.0.0.1:9094 \\
+    python -m federator.client._flwr_compat.warm_exec --runtime-api-address 127.0.0.1:9094 \\
         --parent-pid PID [--poll 0.1]
 """
 
@@ -44,7 +44,9 @@ from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, Subpr
 # lazily — torch's compiler package (pulled in by the first optimizer: 1.5 s) and Opacus
 # (local DP: 1 s). Nothing is run, only imported.
 PRELOAD = ("federator.client.app", "torch._dynamo", "opacus")
-_MODULE = "federator.client._warm_exec"  # not ``__name__``: that is ``__main__`` under -m
+_MODULE = (
+    "federator.client._flwr_compat.warm_exec"  # not ``__name__``: that is ``__main__`` under -m
+)
 _CHILD_FLAG = "--warm-child"
 
 

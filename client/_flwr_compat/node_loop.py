@@ -5,8 +5,8 @@ message, and checks for its ClientApp's reply every 0.5 s. A node that has just 
 once, finds nothing (the coordinator is still aggregating) and sleeps: every message of a
 round waits up to 3 s before the node even sees it. Neither interval is configurable.
 
-``python -m federator.client._node_loop [--pull-interval S] FLOWER-SUPERNODE-ARGS`` runs the
-same SuperNode — Flower's own argument parsing, Runtime API server, authenticated Fleet
+``python -m federator.client._flwr_compat.node_loop [--pull-interval S] FLOWER-SUPERNODE-ARGS``
+runs the same SuperNode — Flower's own argument parsing, Runtime API server, authenticated Fleet
 connection, message pulling (run and FAB fetch, FAB verification, context) and reply pushing —
 inside our loop, which removes three waits:
 
@@ -27,8 +27,9 @@ back is admitted again within 20 s instead of 60 s (`federator node start` retri
 and the coordinator sees a dead node as offline as soon.
 
 Only ``--isolation process`` is supported: the node's ClientApps are launched by
-`federator.client._warm_exec`. This drives private functions of flwr 1.42 (the dependency is
-pinned below 1.43); ``tests/unit/test_node_loop.py`` checks that they are still there.
+`federator.client._flwr_compat.warm_exec`. This drives private functions of flwr 1.42 (the
+dependency is pinned below 1.43); ``tests/unit/test_flwr_compat_client.py`` runs them against the
+installed flwr. ``federator node start --stock-flower`` runs Flower's own SuperNode instead.
 """
 
 from __future__ import annotations
