@@ -1,8 +1,10 @@
 """The Federator ClientApp: local training and evaluation on a node's own data.
 
-One app serves simulation and (later) deployment. Each message carries the coordinator's
-instructions (`federator.client.instructions`); the node's identity and data come from its
-own node config — in simulation, Flower's ``partition-id`` / ``num-partitions``.
+One app serves simulation and deployment. Each message carries the coordinator's
+instructions (`federator.client.instructions`); the node's identity, data and settings come
+from its own node config, read once per message (`federator.client.node.node_config`) — in
+simulation, Flower's ``partition-id`` / ``num-partitions`` and the `SimulatedNodes` the app
+was built with (`build_client_app`).
 
 Expected refusals (malformed instructions, a global model that does not fit the task, data
 that cannot be loaded) are answered with an error reply naming the reason, so the coordinator
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from pathlib import Path
+from functools import partial, update_wrapper
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -25,13 +27,15 @@ from federator.client._secagg import secagg_client_mods, secagg_handler
 from federator.client.instructions import Instructions, read_instructions
 from federator.client.local_data import load_node_data
 from federator.client.node import (
-    dp_noise_seed,
+    NodeConfig,
+    SimulatedNodes,
     installed_version,
+    node_config,
     node_policy,
-    node_settings,
     open_store,
     privacy_policy,
 )
+from federator.client.node_policy import NodePolicy
 from federator.client.packing import packed_io
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
@@ -46,7 +50,6 @@ from federator.client.wire import (
     SECAGG_ACTION,
     VERSION_KEY,
     DeliveryStatus,
-    NodeConfigKey,
     ReplyCode,
 )
 from federator.privacy.central import client_clipping
@@ -55,49 +58,32 @@ from federator.simulations.partition import ClientData, client_data
 REFUSED = int(ReplyCode.REFUSED)  # refusals Federator makes on purpose
 
 
-def node_label(context: Context) -> str:
-    """A stable name for this node: its configured ``name``, else its simulation partition."""
-    name = context.node_config.get(NodeConfigKey.NAME)
-    if isinstance(name, str) and name:
-        return name
-    pid = context.node_config.get(NodeConfigKey.PARTITION_ID)
-    if pid is None:
-        raise FederatorError(
-            "this node has neither a 'name' nor a 'partition-id' in its node config"
-        )
-    return f"partition-{int(pid)}"
-
-
-def _meta(context: Context) -> ConfigRecord:
-    label = node_label(context)
+def _meta(node: NodeConfig) -> ConfigRecord:
     return ConfigRecord(
         {
-            LABEL_KEY: label,
+            LABEL_KEY: node.label,
             VERSION_KEY: __version__,
-            INSTALLED_KEY: installed_version(node_settings(context, label)),
+            INSTALLED_KEY: installed_version(node),
         }
     )
 
 
-def _local_data(instr: Instructions, context: Context, task: Task) -> ClientData:
-    own = context.node_config.get(NodeConfigKey.DATA)
-    if isinstance(own, str) and own:  # a deployed node: the partner's own data
+def _local_data(instr: Instructions, node: NodeConfig, task: Task) -> ClientData:
+    if node.data is not None:  # a deployed node: the partner's own data
         return load_node_data(
-            Path(own), input_shape=task.input_shape, val_fraction=instr.data.client_val_fraction
+            node.data, input_shape=task.input_shape, val_fraction=instr.data.client_val_fraction
         )
     spec = instr.data
-    num = context.node_config.get(NodeConfigKey.NUM_PARTITIONS)
-    if num is not None and int(num) != spec.clients:
+    if node.num_partitions is not None and node.num_partitions != spec.clients:
         raise FederatorError(
             f"the coordinator plans {spec.clients} clients but this "
-            f"simulation runs {int(num)} nodes"
+            f"simulation runs {node.num_partitions} nodes"
         )
-    pid = context.node_config.get(NodeConfigKey.PARTITION_ID)
-    if pid is None:
+    if node.partition_id is None:
         raise FederatorError(
             "this node has no 'partition-id': deployment data loading is not available yet"
         )
-    return client_data(spec, int(pid))
+    return client_data(spec, node.partition_id)
 
 
 def _round_seed(instr: Instructions, server_round: int, label: str) -> int:
@@ -106,13 +92,13 @@ def _round_seed(instr: Instructions, server_round: int, label: str) -> int:
 
 
 def _prepare(
-    msg: Message, context: Context, instr: Instructions | None = None
+    msg: Message, node: NodeConfig, instr: Instructions | None = None
 ) -> tuple[Instructions, Task, ClientData, torch.nn.Module]:
     torch.set_num_threads(1)
     if instr is None:
         instr = read_instructions(msg.content.config_records.get("config", ConfigRecord()))
     task = resolve_task(instr.task)
-    data = _local_data(instr, context, task)
+    data = _local_data(instr, node, task)
     model = task.build_model()
     arrays = msg.content.array_records.get("arrays")
     if arrays is None:
@@ -135,35 +121,40 @@ def _refusing(
     return wrapped
 
 
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
     """Train the received global model for one round on the local training split.
 
     Under central DP with client-side clipping, Flower's clipping mod clips the update to
     the norm the coordinator sent before the reply leaves the node.
     """
+    node = node_config(context, simulated=simulated)
     config = msg.content.config_records.get("config", ConfigRecord())
     instr = read_instructions(config)
-    if (policy := node_policy(context)) is not None:
+    if (policy := node_policy(node)) is not None:
         policy.check(instr)  # before anything trains
-    return client_clipping(instr.central_clipping, msg, context, lambda m, c: _train(m, c, instr))
+    return client_clipping(
+        instr.central_clipping, msg, context, lambda m, _: _train(m, node, instr, policy)
+    )
 
 
-def _train(msg: Message, context: Context, parsed: Instructions) -> Message:
-    instr, task, data, model = _prepare(msg, context, parsed)
+def _train(
+    msg: Message, node: NodeConfig, parsed: Instructions, policy: NodePolicy | None
+) -> Message:
+    instr, task, data, model = _prepare(msg, node, parsed)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
     mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
-    label = node_label(context)
-    settings = instr.settings(round_seed=_round_seed(instr, server_round, label), proximal_mu=mu)
+    seed = _round_seed(instr, server_round, node.label)
+    settings = instr.settings(round_seed=seed, proximal_mu=mu)
     settings, spend = private_settings(
         instr,
         settings,
         task=task,
         model=model,
         data=data.train,
-        policy=privacy_policy(context, label),
+        policy=privacy_policy(node, policy=policy),
         server_round=server_round,
-        noise_seed=dp_noise_seed(context),
+        noise_seed=node.dp_noise_seed,
     )
     metrics = task.train(model, data.train, settings)
     delta = instr.local_dp.delta if instr.local_dp else 0.0
@@ -174,15 +165,16 @@ def _train(msg: Message, context: Context, parsed: Instructions) -> Message:
         {
             "arrays": model_arrays(model),
             "metrics": MetricRecord({NUM_EXAMPLES: len(data.train), **metrics}),
-            META_KEY: _meta(context),
+            META_KEY: _meta(node),
         }
     )
     return Message(content=content, reply_to=msg)
 
 
-def evaluate(msg: Message, context: Context) -> Message:
+def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
     """Evaluate the received global model on the local validation split."""
-    _, task, data, model = _prepare(msg, context)
+    node = node_config(context, simulated=simulated)
+    _, task, data, model = _prepare(msg, node)
     if len(data.val) == 0:
         raise FederatorError("this client has no validation examples")
     result = task.evaluate(model, data.val)
@@ -195,25 +187,25 @@ def evaluate(msg: Message, context: Context) -> Message:
                     "accuracy": result.accuracy,
                 }
             ),
-            META_KEY: _meta(context),
+            META_KEY: _meta(node),
         }
     )
     return Message(content=content, reply_to=msg)
 
 
-def hello(msg: Message, context: Context) -> Message:
+def hello(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
     """Introduce this node: its label and Federator version (sent once per federation)."""
-    return Message(content=RecordDict({META_KEY: _meta(context)}), reply_to=msg)
+    node = node_config(context, simulated=simulated)
+    return Message(content=RecordDict({META_KEY: _meta(node)}), reply_to=msg)
 
 
-def release(msg: Message, context: Context) -> Message:
+def release(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
     """Verify and install a signed release in this node's store; reply with the outcome.
 
     A refusal (bad signature, altered file, replay, another model) is an ordinary reply with
     status ``refused`` and the reason, so the coordinator can record it per node.
     """
-    label = node_label(context)
-    settings = node_settings(context, label)
+    node = node_config(context, simulated=simulated)
     record = msg.content.config_records.get(RELEASE_KEY, ConfigRecord())
     envelope = record.get("envelope")
     files = {
@@ -224,7 +216,7 @@ def release(msg: Message, context: Context) -> Message:
     try:
         if not isinstance(envelope, str):
             raise ReleaseRefused("the release message carries no envelope (unsigned)")
-        version = open_store(settings).install(envelope, files)
+        version = open_store(node).install(envelope, files)
         status, reason = DeliveryStatus.INSTALLED, ""
     except ReleaseRefused as err:
         version, status, reason = 0, DeliveryStatus.REFUSED, f"{type(err).__name__}: {err}"
@@ -233,20 +225,31 @@ def release(msg: Message, context: Context) -> Message:
             RELEASE_KEY: ConfigRecord(
                 {"status": status.value, "version": version, "reason": reason}
             ),
-            META_KEY: _meta(context),
+            META_KEY: _meta(node),
         }
     )
     return Message(content=content, reply_to=msg)
 
 
-def build_client_app() -> ClientApp:
-    """A ClientApp wired to the handlers above."""
+def _bound(
+    handler: Callable[..., Message], simulated: SimulatedNodes | None
+) -> Callable[[Message, Context], Message]:
+    """``handler`` for nodes given ``simulated``: a partial of a module-level function, so
+    that Ray ships it to its workers by reference, with the settings as plain data."""
+    return update_wrapper(partial(handler, simulated=simulated), handler)
+
+
+def build_client_app(*, simulated: SimulatedNodes | None = None) -> ClientApp:
+    """A ClientApp wired to the handlers above. A deployed node reads its settings from its
+    node config alone; ``simulated`` hands simulated nodes theirs (`SimulatedNodes`) — the
+    app, and so the settings, travel to the Simulation Engine's workers with it."""
+    train_, evaluate_ = _bound(train, simulated), _bound(evaluate, simulated)
     app = ClientApp()
-    app.train()(_refusing(packed_io(train)))
-    app.train(SECAGG_ACTION, mods=secagg_client_mods(refused_code=REFUSED))(secagg_handler(train))
-    app.evaluate()(_refusing(packed_io(evaluate)))
-    app.query()(_refusing(hello))
-    app.query(RELEASE_ACTION)(_refusing(release))
+    app.train()(_refusing(packed_io(train_)))
+    app.train(SECAGG_ACTION, mods=secagg_client_mods(refused_code=REFUSED))(secagg_handler(train_))
+    app.evaluate()(_refusing(packed_io(evaluate_)))
+    app.query()(_refusing(_bound(hello, simulated)))
+    app.query(RELEASE_ACTION)(_refusing(_bound(release, simulated)))
     return app
 
 
@@ -258,7 +261,6 @@ __all__ = [
     "build_client_app",
     "evaluate",
     "hello",
-    "node_label",
     "release",
     "train",
 ]

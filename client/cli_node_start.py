@@ -62,9 +62,9 @@ def node_start(
     """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
     from federator.client._flwr_compat import NodeRuntime
     from federator.client.actions import run_action
+    from federator.client.kit import load_node_kit
     from federator.client.processes import supervise
     from federator.client.supernode import admit, check_node, start_node
-    from federator.server.deploy.kits import load_node_kit
 
     def go() -> None:
         node_kit = load_node_kit(kit)

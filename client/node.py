@@ -1,131 +1,199 @@
 """A node's own settings — decided by the partner, never by the coordinator.
 
-Where released models are installed, which public key they must be signed with, which model
-this node accepts and how many versions it keeps. A deployed node sets them in its node config
-(``--node-config "store='/srv/federator' pinned-key='release.pub' model='digits'"``);
-simulated nodes get them from ``FEDERATOR_NODE_*`` environment variables that
-``federator simulate`` sets before the clients start (each node under its own sub-folder).
+Who the node is, its data and policy files, where released models are installed, which public
+key they must be signed with, which model it accepts and how many versions it keeps, its
+privacy budget and ledger. A deployed node sets them in its node config (``--node-config
+"store='/srv/federator' pinned-key='release.pub' model='digits'"``; the keys are
+`NodeConfigKey`). `node_config` reads them once per message into one frozen `NodeConfig`;
+a malformed value is a `ConfigError` naming the key and the value.
+
+A simulated node's node config holds only Flower's ``partition-id`` / ``num-partitions``.
+`federator simulate` gives it the rest as `SimulatedNodes`, bound into the ClientApp it runs
+(`federator.client.app.build_client_app`): each node keeps its store and its privacy ledger
+under its own label. No environment variable is involved.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 from flwr.app import Context
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
-from federator import ConfigError, ReleaseRefused
+from federator import ConfigError, FederatorError, ReleaseRefused
 from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.store import ModelStore
 from federator.client.wire import NodeConfigKey
 from federator.privacy.accounting import Accountant
-from federator.privacy.policy import NodePrivacyPolicy
+from federator.privacy.policy import Delta, NodePrivacyPolicy
 
-ENV_STORE_ROOT = "FEDERATOR_NODE_STORE_ROOT"
-ENV_PINNED_KEY = "FEDERATOR_NODE_PINNED_KEY"
-ENV_MODEL = "FEDERATOR_NODE_MODEL"
-ENV_KEEP = "FEDERATOR_NODE_KEEP"
-ENV_LEDGER_ROOT = "FEDERATOR_NODE_LEDGER_ROOT"
-ENV_MAX_EPSILON = "FEDERATOR_NODE_MAX_EPSILON"
-ENV_PRIVACY_DELTA = "FEDERATOR_NODE_PRIVACY_DELTA"
-ENV_DP_NOISE_SEED = "FEDERATOR_NODE_DP_NOISE_SEED"
+DEFAULT_KEEP = 3
+DEFAULT_DELTA = 1e-5
+
+
+def _text(value: object) -> object:
+    """Flower parses ``model=5`` as a number; a name or a path is its text all the same."""
+    return str(value) if isinstance(value, int | float) else value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+FilePath = Annotated[Path, BeforeValidator(_text)]
 
 
 @dataclass(frozen=True, kw_only=True)
-class NodeSettings:
-    """Where and what this node installs."""
+class NodeConfig:
+    """A node's own settings, validated (see the module docstring). Unset is None; a key
+    given as the empty string counts as unset."""
 
-    store: Path | None
-    pinned_key: Path | None
-    model: str | None
-    keep: int = 3
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="ignore")
 
-
-def node_settings(context: Context, label: str) -> NodeSettings:
-    """Settings from the node config, else from the simulation environment."""
-    cfg = context.node_config
-
-    def text(key: str, env: str) -> str | None:
-        value = cfg.get(key, os.environ.get(env))
-        return str(value) if value not in (None, "") else None
-
-    store = text(NodeConfigKey.STORE, "")
-    if store is None and (root := os.environ.get(ENV_STORE_ROOT)):
-        store = str(Path(root) / label)
-    key = text(NodeConfigKey.PINNED_KEY, ENV_PINNED_KEY)
-    keep = text("keep", ENV_KEEP)
-    return NodeSettings(
-        store=Path(store) if store else None,
-        pinned_key=Path(key) if key else None,
-        model=text(NodeConfigKey.MODEL, ENV_MODEL),
-        keep=int(keep) if keep else 3,
+    name: Annotated[Text | None, Field(alias=NodeConfigKey.NAME)] = None
+    partition_id: Annotated[int | None, Field(alias=NodeConfigKey.PARTITION_ID, ge=0)] = None
+    num_partitions: Annotated[int | None, Field(alias=NodeConfigKey.NUM_PARTITIONS, ge=1)] = None
+    data: Annotated[FilePath | None, Field(alias=NodeConfigKey.DATA)] = None
+    policy: Annotated[FilePath | None, Field(alias=NodeConfigKey.POLICY)] = None
+    store: Annotated[FilePath | None, Field(alias=NodeConfigKey.STORE)] = None
+    pinned_key: Annotated[FilePath | None, Field(alias=NodeConfigKey.PINNED_KEY)] = None
+    model: Annotated[Text | None, Field(alias=NodeConfigKey.MODEL)] = None
+    keep: Annotated[int, Field(alias=NodeConfigKey.KEEP, ge=1)] = DEFAULT_KEEP
+    privacy_ledger: Annotated[FilePath | None, Field(alias=NodeConfigKey.PRIVACY_LEDGER)] = None
+    max_epsilon: Annotated[float | None, Field(alias=NodeConfigKey.MAX_EPSILON, gt=0)] = None
+    privacy_delta: Annotated[Delta, Field(alias=NodeConfigKey.PRIVACY_DELTA)] = DEFAULT_DELTA
+    privacy_accountant: Annotated[Accountant, Field(alias=NodeConfigKey.PRIVACY_ACCOUNTANT)] = (
+        Accountant.RDP
     )
+    dp_noise_seed: Annotated[int | None, Field(alias=NodeConfigKey.DP_NOISE_SEED)] = None
+
+    @property
+    def label(self) -> str:
+        """A stable name for this node: its configured ``name``, else its simulation
+        partition (``partition-<id>``)."""
+        if self.name:
+            return self.name
+        if self.partition_id is None:
+            raise FederatorError(
+                "this node has neither a 'name' nor a 'partition-id' in its node config"
+            )
+        return f"partition-{self.partition_id}"
 
 
-def open_store(settings: NodeSettings) -> ModelStore:
+_ADAPTER = TypeAdapter(NodeConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedNodes:
+    """What every simulated node of a `federator simulate` run is given in place of a
+    partner's node config: node ``partition-3`` keeps its models in ``store_root/partition-3``
+    and its ledger in ``ledger_root/partition-3.json``. None leaves a setting unset (a node
+    without a store refuses releases). A key the node's own config sets still wins."""
+
+    store_root: Path | None = None
+    pinned_key: Path | None = None
+    model: str | None = None
+    keep: int = DEFAULT_KEEP
+    ledger_root: Path | None = None
+    max_epsilon: float | None = None
+    privacy_delta: float = DEFAULT_DELTA
+    dp_noise_seed: int | None = None
+
+    def node_config(self) -> dict[str, object]:
+        """The settings every node shares, as the raw node config a partner would write."""
+        shared: dict[str, object] = {
+            NodeConfigKey.PINNED_KEY: self.pinned_key,
+            NodeConfigKey.MODEL: self.model,
+            NodeConfigKey.KEEP: self.keep,
+            NodeConfigKey.MAX_EPSILON: self.max_epsilon,
+            NodeConfigKey.PRIVACY_DELTA: self.privacy_delta,
+            NodeConfigKey.DP_NOISE_SEED: self.dp_noise_seed,
+        }
+        return {k: v for k, v in shared.items() if v is not None}
+
+    def place(self, config: NodeConfig) -> NodeConfig:
+        """``config`` with this node's own store and ledger under the roots, where unset."""
+        store, ledger = config.store, config.privacy_ledger
+        if store is None and self.store_root is not None:
+            store = self.store_root / config.label
+        if ledger is None and self.ledger_root is not None:
+            ledger = self.ledger_root / f"{config.label}.json"
+        return replace(config, store=store, privacy_ledger=ledger)
+
+
+def parse_node_config(raw: Mapping[str, object]) -> NodeConfig:
+    """A raw node config validated; `ConfigError` naming each bad key and its value."""
+    given = {k: v for k, v in raw.items() if v != ""}
+    try:
+        return _ADAPTER.validate_python(given)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}={e['input']!r}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        )
+        raise ConfigError(f"this node's node config is invalid: {problems}") from None
+
+
+def node_config(context: Context, *, simulated: SimulatedNodes | None = None) -> NodeConfig:
+    """This node's settings: its node config, filled in by ``simulated`` in a simulation.
+    Handlers call it once per message and pass the result down."""
+    if simulated is None:
+        return parse_node_config(context.node_config)
+    return simulated.place(parse_node_config(simulated.node_config() | dict(context.node_config)))
+
+
+def open_store(config: NodeConfig) -> ModelStore:
     """This node's model store; `ReleaseRefused` if the node is not set up to take releases."""
-    if settings.store is None or settings.pinned_key is None or settings.model is None:
+    if config.store is None or config.pinned_key is None or config.model is None:
         raise ReleaseRefused(
             "this node has no model store configured (store, pinned-key "
             "and model in its node config)"
         )
     return ModelStore.open(
-        settings.store, pinned_key=settings.pinned_key, model=settings.model, keep=settings.keep
+        config.store, pinned_key=config.pinned_key, model=config.model, keep=config.keep
     )
 
 
-def installed_version(settings: NodeSettings) -> int:
+def installed_version(config: NodeConfig) -> int:
     """The version in use on this node (0 if none or no store)."""
-    if settings.store is None:
+    if config.store is None:
         return 0
-    link = settings.store / "current"
+    link = config.store / "current"
     return int(Path(os.readlink(link)).name) if link.is_symlink() else 0
 
 
-def _setting(context: Context, key: str, env: str) -> str | None:
-    value = context.node_config.get(key, os.environ.get(env) if env else None)
-    return str(value) if value not in (None, "") else None
-
-
-def node_policy(context: Context) -> NodePolicy | None:
+def node_policy(config: NodeConfig) -> NodePolicy | None:
     """The partner's policy file named by the node config key ``policy`` (None: no file)."""
-    path = _setting(context, NodeConfigKey.POLICY, "")
-    return load_policy(Path(path)) if path else None
+    return load_policy(config.policy) if config.policy is not None else None
 
 
-def privacy_policy(context: Context, label: str) -> NodePrivacyPolicy:
+def privacy_policy(config: NodeConfig, *, policy: NodePolicy | None) -> NodePrivacyPolicy:
     """This node's privacy policy: from its policy file (`node_policy`) when it has one, else
     ``max-epsilon``, ``privacy-delta``, ``privacy-accountant`` from its node config; the
-    ledger is the file ``privacy-ledger``. Simulated nodes read ``FEDERATOR_NODE_MAX_EPSILON``
-    / ``_PRIVACY_DELTA`` and keep their ledger under ``FEDERATOR_NODE_LEDGER_ROOT/<label>.json``.
-    Malformed values are a `ConfigError`."""
-    ledger = _setting(context, NodeConfigKey.PRIVACY_LEDGER, "")
-    if ledger is None and (root := os.environ.get(ENV_LEDGER_ROOT)):
-        ledger = str(Path(root) / f"{label}.json")
-    if (policy := node_policy(context)) is not None:
+    ledger is the file ``privacy-ledger``."""
+    if policy is not None:
         return NodePrivacyPolicy(
             max_epsilon=policy.max_epsilon,
             delta=policy.privacy_delta,
             accountant=policy.privacy_accountant,
-            ledger=Path(ledger) if ledger else None,
+            ledger=config.privacy_ledger,
         )
-    max_eps = _setting(context, NodeConfigKey.MAX_EPSILON, ENV_MAX_EPSILON)
-    delta = _setting(context, NodeConfigKey.PRIVACY_DELTA, ENV_PRIVACY_DELTA)
-    accountant = _setting(context, NodeConfigKey.PRIVACY_ACCOUNTANT, "")
-    try:
-        return NodePrivacyPolicy(
-            max_epsilon=float(max_eps) if max_eps is not None else None,
-            delta=float(delta) if delta is not None else 1e-5,
-            accountant=Accountant(accountant) if accountant else Accountant.RDP,
-            ledger=Path(ledger) if ledger else None,
-        )
-    except ValueError as err:
-        raise ConfigError(f"this node's privacy settings are invalid: {err}") from None
+    return NodePrivacyPolicy(
+        max_epsilon=config.max_epsilon,
+        delta=config.privacy_delta,
+        accountant=config.privacy_accountant,
+        ledger=config.privacy_ledger,
+    )
 
 
-def dp_noise_seed(context: Context) -> int | None:
-    """A fixed seed for DP noise — for reproducible research in simulation only. Unset (the
-    default), noise comes from the operating system's randomness."""
-    seed = _setting(context, NodeConfigKey.DP_NOISE_SEED, ENV_DP_NOISE_SEED)
-    return int(seed) if seed is not None else None
+__all__ = [
+    "NodeConfig",
+    "SimulatedNodes",
+    "installed_version",
+    "node_config",
+    "node_policy",
+    "open_store",
+    "parse_node_config",
+    "privacy_policy",
+]

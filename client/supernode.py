@@ -19,6 +19,7 @@ from flwr.common.constant import HEARTBEAT_PATIENCE
 
 from federator import DataError, DeploymentError
 from federator.client._flwr_compat import NodeRuntime, node_commands
+from federator.client.kit import NodeKit
 from federator.client.local_data import load_node_data
 from federator.client.node_policy import NodePolicy, load_policy
 from federator.client.processes import (
@@ -30,7 +31,6 @@ from federator.client.processes import (
 )
 from federator.client.tasks import resolve_task
 from federator.client.wire import NodeConfigKey
-from federator.server.deploy.kits import NodeKit
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,6 +70,7 @@ class NodeConfigKey(StrEnum):
     STORE = "store"  # the folder of its installed, verified models
     PINNED_KEY = "pinned-key"  # the release public key it pinned
     MODEL = "model"  # the registered model whose releases it installs
+    KEEP = "keep"  # how many installed versions it keeps
     PRIVACY_LEDGER = "privacy-ledger"  # its local-DP ledger file
     MAX_EPSILON = "max-epsilon"  # its own privacy budget (without a policy file)
     PRIVACY_DELTA = "privacy-delta"

@@ -1,14 +1,8 @@
 """The coordinator side: config and plan, the round loop, the gate, MLflow tracking, the CLI,
 and deployment kits (`provision`, `load_node_kit`, `load_coordinator_kit`)."""
 
-from federator.server.deploy.kits import (
-    CoordinatorKit,
-    NodeKey,
-    NodeKit,
-    load_coordinator_kit,
-    load_node_kit,
-)
-from federator.server.deploy.manifest import KitKind
+from federator.client.kit import KitKind, NodeKit, load_node_kit
+from federator.server.deploy.kits import CoordinatorKit, NodeKey, load_coordinator_kit
 from federator.server.deploy.provision import (
     FederationSpec,
     PartyKit,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from federator import FederationFailed, FederationInterrupted, FederatorError
 
 if TYPE_CHECKING:  # the server imports this package; import it back only for types
+    from federator.client.node import SimulatedNodes
     from federator.server.federation.events import FederationSummary
     from federator.server.federation.runner import Display
     from federator.server.plan import FederationPlan
@@ -54,28 +55,24 @@ def _quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def node_environment(plan: FederationPlan) -> dict[str, str]:
-    """The settings simulated partner nodes read (`federator.client.node`): each keeps its
-    own store under ``<runs_dir>/nodes/<federation>/<label>`` and pins the release public key
-    from the plan, exactly as a real partner pins the key it was given out of band."""
-    from federator.client.node import (
-        ENV_KEEP,
-        ENV_LEDGER_ROOT,
-        ENV_MODEL,
-        ENV_PINNED_KEY,
-        ENV_STORE_ROOT,
-    )
+def simulated_nodes(plan: FederationPlan) -> SimulatedNodes:
+    """The settings of ``plan``'s simulated partner nodes (`federator.client.node`): each
+    keeps its privacy ledger under ``<runs_dir>/nodes/privacy-ledgers`` (ledgers span
+    federations, as a real node's do) and, when the plan releases models, its own store under
+    ``<runs_dir>/nodes/<federation>/<label>``, pinning the release public key from the plan —
+    exactly as a real partner pins the key it was given out of band."""
+    from federator.client.node import SimulatedNodes
 
-    # Privacy ledgers span federations: one per simulated node, shared by every run.
-    ledger = {ENV_LEDGER_ROOT: str(plan.tracking.runs_dir / "nodes" / "privacy-ledgers")}
+    ledgers = SimulatedNodes(ledger_root=plan.tracking.runs_dir / "nodes" / "privacy-ledgers")
     if plan.release is None:
-        return ledger
-    return ledger | {
-        ENV_STORE_ROOT: str(plan.tracking.runs_dir / "nodes" / plan.name),
-        ENV_PINNED_KEY: str(plan.release.public_key),
-        ENV_MODEL: plan.tracking.registered_model,
-        ENV_KEEP: str(plan.release.keep),
-    }
+        return ledgers
+    return replace(
+        ledgers,
+        store_root=plan.tracking.runs_dir / "nodes" / plan.name,
+        pinned_key=plan.release.public_key,
+        model=plan.tracking.registered_model,
+        keep=plan.release.keep,
+    )
 
 
 def simulate(
@@ -85,14 +82,15 @@ def simulate(
     resources: SimulationResources | None = None,
     resume: str | None = None,
     verbose: bool = False,
+    nodes: SimulatedNodes | None = None,
 ) -> FederationSummary:
     """Run ``plan`` with ``plan.data.clients`` simulated nodes and return its summary.
 
-    Errors raised by the federation (config, data, tracking, too many skipped rounds)
-    propagate unchanged.
+    The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan),
+    bound into the ClientApp that Flower ships to its Ray workers. Errors raised by the
+    federation (config, data, tracking, too many skipped rounds) propagate unchanged.
     """
     _quiet_environment()
-    os.environ.update(node_environment(plan))  # before Ray starts: its workers inherit it
     from federator.server.tracking.mlflow_io import preflight
 
     # Before Ray starts: an unreachable tracking store must start nothing at all.
@@ -102,9 +100,10 @@ def simulate(
     if not verbose:
         _quiet_warnings()  # after Flower's import, which turns DeprecationWarnings back on
 
-    from federator.client.app import app as client_app
+    from federator.client.app import build_client_app
     from federator.server.federation.app import RunHandle, build_server_app
 
+    client_app = build_client_app(simulated=nodes or simulated_nodes(plan))
     res = resources or SimulationResources()
     handle = RunHandle()
     server_app = build_server_app(plan, display=display, handle=handle, resume=resume)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federator.server.deploy.manifest import KitKind
+from federator.client.kit import KitKind
 
 out = Console()
 

@@ -1,4 +1,5 @@
-"""Certificates and keys for deployment kits, made and checked with ``cryptography``.
+"""Certificates and keys for deployment kits, made with ``cryptography`` (the checks both
+parties make when loading a kit are `federator.client.certs`).
 
 Flower 1.42 secures a deployment with two independent mechanisms, and a kit carries both:
 
@@ -17,7 +18,6 @@ in so that validity windows can be tested.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -25,17 +25,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from federator import ConfigError
-
-#: Curves accepted for node keys: NIST P-256/384/521. Flower also takes P-192/224, which are
-#: below today's security floor (NIST SP 800-57 Part 1 Rev. 5), so a kit refuses them.
-NIST_CURVES: tuple[type[ec.EllipticCurve], ...] = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 #: Certificates start this long before "now", so a machine whose clock lags a little still
 #: accepts them (a freshly provisioned kit must not be "not yet valid" on a partner's server).
@@ -196,12 +191,6 @@ def openssh_public(key: ec.EllipticCurvePublicKey, *, comment: str) -> bytes:
     return line + b" " + comment.encode() + b"\n"
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    """``sha256:<hex>`` of the certificate's DER encoding (what a person compares by phone)."""
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
 def san_names(cert: x509.Certificate) -> tuple[str, ...]:
     """The DNS names and IP addresses a certificate is valid for."""
     try:
@@ -214,62 +203,7 @@ def san_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# Checks (each raises ConfigError naming the file and the problem)
-
-
-def check_private_mode(path: Path) -> None:
-    """Refuse a private key that its group or others may read or write."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(
-            f"{path}: private key is accessible to group/others (mode {mode:03o}); "
-            f"run: chmod 600 {path}"
-        )
-
-
-def load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the certificate ({err.strerror})") from None
-    except ValueError as err:
-        raise ConfigError(f"{path}: not a PEM certificate ({err})") from None
-
-
-def check_validity(cert: x509.Certificate, path: Path, *, now: datetime) -> None:
-    """Refuse a certificate that is expired or not yet valid at ``now``."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if now < start:
-        raise ConfigError(
-            f"{path}: certificate is not valid before {start.isoformat()} "
-            f"(now {now.isoformat()}); check this machine's clock"
-        )
-    if now > end:
-        raise ConfigError(f"{path}: certificate expired on {end.isoformat()}; provision new kits")
-
-
-def check_ca(cert: x509.Certificate, path: Path) -> None:
-    """Refuse a certificate that is not a self-signed CA."""
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise ConfigError(f"{path}: not a CA certificate (basicConstraints cA is not set)")
-    check_issued_by(cert, cert, path, issuer_path=path)
-
-
-def check_issued_by(
-    cert: x509.Certificate, ca: x509.Certificate, path: Path, *, issuer_path: Path
-) -> None:
-    """Refuse ``cert`` unless ``ca`` signed it (issuer name and signature, RFC 5280 §6.1.3)."""
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise ConfigError(
-            f"{path}: certificate was not issued by the kit's CA {issuer_path} "
-            "(wrong CA, or files from different kits)"
-        ) from None
+# Coordinator-only checks (the shared ones are `federator.client.certs`'s)
 
 
 def load_ec_private_pem(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -282,48 +216,3 @@ def load_ec_private_pem(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path}: expected an ECDSA key, got {type(key).__name__}")
     return key
-
-
-def _check_curve(key: ec.EllipticCurvePublicKey, path: Path) -> None:
-    if not isinstance(key.curve, NIST_CURVES):
-        raise ConfigError(
-            f"{path}: ECDSA key on curve {key.curve.name}; Flower needs a NIST curve "
-            "(P-256, P-384 or P-521)"
-        )
-
-
-def load_node_private(path: Path) -> ec.EllipticCurvePrivateKey:
-    """A node's OpenSSH ECDSA private key on a NIST curve, as Flower's SuperNode loads it."""
-    try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the node key ({err.strerror})") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise ConfigError(
-            f"{path}: not an unencrypted OpenSSH private key ({err}); "
-            "Flower's node authentication needs OpenSSH ECDSA"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{path}: expected an ECDSA node key, got {type(key).__name__}")
-    _check_curve(key.public_key(), path)
-    return key
-
-
-def load_node_public(path: Path) -> ec.EllipticCurvePublicKey:
-    """A node's OpenSSH ECDSA public key (NIST curve), as ``flwr supernode register`` reads it."""
-    try:
-        key = serialization.load_ssh_public_key(path.read_bytes())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the node public key ({err.strerror})") from None
-    except (ValueError, UnsupportedAlgorithm) as err:
-        raise ConfigError(f"{path}: not an OpenSSH public key ({err})") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"{path}: expected an ECDSA public key, got {type(key).__name__}")
-    _check_curve(key, path)
-    return key
-
-
-def same_public_key(a: CertificatePublicKeyTypes, b: CertificatePublicKeyTypes) -> bool:
-    """Whether two public keys are the same key (compared as DER SubjectPublicKeyInfo)."""
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return a.public_bytes(*fmt) == b.public_bytes(*fmt)

@@ -39,21 +39,24 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from federator import ConfigError, __version__
+from federator.client.certs import fingerprint
 from federator.client.keys import PUBLIC_NAME as RELEASE_PUB
 from federator.client.keys import generate_keys
-from federator.server.deploy import _certs
-from federator.server.deploy.manifest import (
+from federator.client.kit import (
     CA_CERT,
-    CA_KEY,
     FEDERATION_NAME,
     NODE_KEY,
     NODE_NAME,
     NODE_PUB,
+    KitKind,
+    Manifest,
+)
+from federator.server.deploy import _certs
+from federator.server.deploy.manifest import (
+    CA_KEY,
     NODES_DIR,
     SERVER_CERT,
     SERVER_KEY,
-    KitKind,
-    Manifest,
     make_dir,
     write_file,
     write_manifest,
@@ -284,7 +287,7 @@ def _write_kits(spec: FederationSpec, root: Path, *, now: datetime) -> tuple[str
         now=now,
         days=spec.cert_days,
     )
-    ca_pem, ca_fp = _certs.cert_pem(ca_cert), _certs.fingerprint(ca_cert)
+    ca_pem, ca_fp = _certs.cert_pem(ca_cert), fingerprint(ca_cert)
 
     def manifest(kind: KitKind, *, node: str | None = None, key_id: str | None = None) -> Manifest:
         return Manifest(

@@ -19,7 +19,8 @@ from provisioning import NODES, T0, clock_at, later, make_kits, spec
 
 from federator import ConfigError
 from federator.client.keys import key_id, load_public_key
-from federator.server.deploy.kits import load_coordinator_kit, load_node_kit
+from federator.client.kit import load_node_kit
+from federator.server.deploy.kits import load_coordinator_kit
 from federator.server.deploy.provision import ProvisionReport, provision
 
 

@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 
 from federator import ConfigError
 from federator.client.keys import key_id
+from federator.client.kit import FEDERATION_NAME, load_node_kit
 from federator.server.cli import app
-from federator.server.deploy.kits import load_coordinator_kit, load_node_kit
-from federator.server.deploy.manifest import FEDERATION_NAME
+from federator.server.deploy.kits import load_coordinator_kit
 from federator.server.deploy.provision import ProvisionReport, parse_federation, provision
 
 
