@@ -13,6 +13,7 @@ message is meant for a person::
     ├── TaskError              a task cannot be loaded or breaks the task protocol
     ├── RegistryError          unknown or duplicate name in a registry
     ├── TrackingError          MLflow cannot be reached or refused a write
+    ├── CheckpointError        a checkpoint is unreadable or does not fit this federation
     ├── DeploymentError        a SuperLink/SuperNode did not start or was refused
     ├── UpdateRejected         a client's update failed screening (the round goes on)
     ├── FederationFailed       a federation stopped before its last round
@@ -28,6 +29,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DataError",
     "DeploymentError",
@@ -68,6 +70,11 @@ class RegistryError(FederatorError):
 
 class TrackingError(FederatorError):
     """The MLflow tracking server or store cannot be reached, or refused a write."""
+
+
+class CheckpointError(FederatorError):
+    """A checkpoint cannot be read (incomplete, an older format) or does not fit this
+    federation (a part missing or unknown); nothing has been resumed."""
 
 
 class DeploymentError(FederatorError):

@@ -22,7 +22,7 @@ Flower's wrappers do the clipping and noise; this module composes them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -161,11 +161,13 @@ class CentralDp:
         return {"central-epsilon": float(s.epsilon), "central-delta": float(s.delta)}
 
     def state_dict(self) -> dict[str, Any]:
+        """The accountant's state (Flower's `RdpAccountant.state_dict`; empty when not
+        accounted): a resumed federation goes on spending from where it stopped."""
         return {} if self.accountant is None else dict(self.accountant.state_dict())
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.accountant is not None and state:
-            self.accountant.load_state_dict(state)
+            self.accountant.load_state_dict(dict(state))
 
 
 def _accountant(s: CentralDpSettings) -> RdpAccountant | None:

@@ -14,6 +14,7 @@ from federator.strategies.screening import (
     screen_replies,
 )
 from federator.strategies.spec import NoParams, Sampling, StrategySpec
+from federator.strategies.state import StrategyState
 
 __all__ = [
     "STRATEGIES",
@@ -26,6 +27,7 @@ __all__ = [
     "Sampling",
     "Screened",
     "StrategySpec",
+    "StrategyState",
     "array_specs",
     "check_arrays",
     "screen_replies",

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from flwr.serverapp.strategy import Strategy
 from pydantic import BaseModel, ConfigDict
 
+from federator.strategies.state import StrategyState
+
 
 class NoParams(BaseModel):
     """For strategies that take no parameters beyond sampling."""
@@ -44,7 +46,8 @@ class StrategySpec:
     Flower 1.42) work with. ``check`` returns problems that
     depend on the rest of the plan, e.g. Krum's bound on the number of malicious nodes.
     ``state_attrs`` names the strategy's attributes (dicts of arrays, such as FedAdam's
-    moments) that a checkpoint must save for a resumed federation to continue exactly.
+    moments) that a checkpoint must save for a resumed federation to continue exactly;
+    `state_of` gives them as a state dict.
     """
 
     name: str
@@ -68,3 +71,7 @@ class StrategySpec:
     def build(self, sampling: Sampling, params: BaseModel) -> Strategy:
         """A fresh Flower strategy instance."""
         return self.factory(sampling, params)
+
+    def state_of(self, strategy: Strategy) -> StrategyState:
+        """``strategy``'s own state (an instance this spec built), as a checkpoint part."""
+        return StrategyState(strategy, self.state_attrs)

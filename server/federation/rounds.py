@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExhausted
@@ -24,10 +25,10 @@ from flwr.serverapp.strategy import Strategy
 from federator import FederationFailed
 from federator.client.instructions import Instructions, TrainingInstructions
 from federator.client.tasks import Evaluation, Task
-from federator.client.weights import load_arrays, model_arrays
+from federator.client.weights import arrays_to_numpy, load_arrays, model_arrays
 from federator.privacy.central import CentralDp, ClippingSide, central_dp
 from federator.server.federation._secagg_round import SecAggTraining
-from federator.server.federation.checkpoint import Checkpoint, load_strategy_state, strategy_state
+from federator.server.federation.checkpoint import Checkpointer, Component, State
 from federator.server.federation.events import (
     ClientRefusal,
     ClientResult,
@@ -107,17 +108,33 @@ class _TrainPhase:
 
 
 @dataclass
-class _RoundState:
+class _LoopState:
+    """Where the round loop is: the global model, the last round run and how many rounds in
+    a row were skipped (a checkpoint part, `Component.LOOP`)."""
+
     arrays: ArrayRecord
+    last_round: int = 0
     consecutive_skips: int = 0
-    first_round: int = 1
+
+    def state_dict(self) -> State:
+        return {
+            "round": self.last_round,
+            "consecutive_skips": self.consecutive_skips,
+            "arrays": arrays_to_numpy(self.arrays),
+        }
+
+    def load_state_dict(self, state: State) -> None:
+        self.last_round = int(state["round"])
+        self.consecutive_skips = int(state["consecutive_skips"])
+        self.arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in state["arrays"].items()})
 
 
 class Federation:
     """Runs a plan's rounds on a grid and reports to observers.
 
     ``exchange`` sends and collects messages (its cancel event stops the federation between
-    polls); ``clock`` is injectable so tests can control round wall times.
+    polls); ``clock`` is injectable so tests can control round wall times. The loop, gate,
+    strategy state and central DP accountant register with ``checkpointer`` (see `run`).
     """
 
     def __init__(
@@ -132,6 +149,7 @@ class Federation:
         node_timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         run_id: str = "",
+        checkpointer: Checkpointer | None = None,
     ):
         self.plan = plan
         self.run_id = run_id
@@ -148,6 +166,13 @@ class Federation:
         self.central: CentralDp | None = central_dp(self._base, central) if central else None
         inner: Strategy = self.central.strategy if self.central else self._base
         self.strategy = Guarded(inner, seed=plan.seed, node_order=directory.order_key)
+        self._loop = _LoopState(arrays=initial_arrays(plan.task(), plan.seed))
+        self.checkpointer = checkpointer or Checkpointer()
+        self.checkpointer.register(Component.LOOP, self._loop)
+        self.checkpointer.register(Component.GATE, self.gate)
+        self.checkpointer.register(Component.STRATEGY, plan.strategy.spec.state_of(self._base))
+        if self.central is not None:
+            self.checkpointer.register(Component.PRIVACY, self.central)
         # Why the federation ended before its last round (None: it did not).
         self.stop_reason: str | None = None
         self._config = instructions_for(plan, run_id=run_id).to_config()
@@ -163,33 +188,22 @@ class Federation:
             else None
         )
 
-    def run(self, *, resume: Checkpoint | None = None, resumed: bool = False) -> list[RoundOutcome]:
-        """Wait for nodes, then run every round (after ``resume``'s, when given); returns
-        the outcome of each round run here. Each outcome carries the round's checkpoint.
-        ``resumed``: this continues an interrupted run (even one with no checkpoint yet)."""
-        plan = self.plan
+    def run(self, *, resumed: bool = False) -> list[RoundOutcome]:
+        """Wait for nodes, then run every round after the last one run (0, unless the
+        checkpointer restored a checkpoint); returns the outcome of each round run here, with
+        the checkpointer's snapshot as the round ended. ``resumed``: this continues an
+        interrupted run (even one with no checkpoint yet)."""
+        plan, state = self.plan, self._loop
         needed = plan.strategy.sampling.min_available_nodes
         self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
         nodes = self._directory.refresh()
-        if resume is None:
-            state = _RoundState(arrays=initial_arrays(plan.task(), plan.seed))
-        else:
-            state = _RoundState(
-                arrays=resume.arrays,
-                consecutive_skips=resume.consecutive_skips,
-                first_round=resume.round + 1,
-            )
-            self.gate.load_state_dict(resume.gate)
-            load_strategy_state(self._base, plan.strategy.spec.state_attrs, resume.strategy_state)
-            if self.central is not None:
-                self.central.load_state_dict(dict(resume.privacy))
         started = FederationStarted(
             plan=plan,
             nodes=nodes,
             initial_eval=self._evaluate_server(state.arrays),
             example_input=self._evaluate_server.example_input(),
-            resumed_after=state.first_round - 1,
-            resumed=resumed or resume is not None,
+            resumed_after=state.last_round,
+            resumed=resumed or state.last_round > 0,
             run_id=self.run_id,
         )
         for obs in self._observers:
@@ -200,9 +214,9 @@ class Federation:
         return outcomes
 
     def _run_rounds(
-        self, state: _RoundState, outcomes: list[RoundOutcome], server_side: Executor
+        self, state: _LoopState, outcomes: list[RoundOutcome], server_side: Executor
     ) -> None:
-        for rnd in range(state.first_round, self.plan.rounds + 1):
+        for rnd in range(state.last_round + 1, self.plan.rounds + 1):
             self._exchanger.check()
             try:
                 outcome = self._round(rnd, state.arrays, server_side)
@@ -215,7 +229,8 @@ class Federation:
                 state.consecutive_skips = 0
             else:
                 state.consecutive_skips += 1
-            outcome = replace(outcome, checkpoint=self._checkpoint(rnd, state))
+            state.last_round = rnd
+            outcome = replace(outcome, checkpoint=self.checkpointer.snapshot(rnd))
             outcomes.append(outcome)
             for obs in self._observers:
                 obs.on_round(outcome)
@@ -224,18 +239,6 @@ class Federation:
                     f"{MAX_CONSECUTIVE_SKIPS} rounds in a row were skipped; the last "
                     f"one because {outcome.skip_reason}"
                 )
-
-    def _checkpoint(self, rnd: int, state: _RoundState) -> Checkpoint:
-        return Checkpoint(
-            round=rnd,
-            arrays=state.arrays,
-            strategy_state=strategy_state(self._base, self.plan.strategy.spec.state_attrs),
-            privacy=self.central.state_dict() if self.central else {},
-            gate=self.gate.state_dict(),
-            consecutive_skips=state.consecutive_skips,
-            rounds=[],
-            metrics={},
-        )
 
     def _waiting(self, connected: int, needed: int) -> None:
         for obs in self._observers:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from flwr.serverapp import Grid
 
+from federator.server.federation.checkpoint import Checkpoint, Checkpointer
 from federator.server.federation.durability import DurabilityListener
 from federator.server.federation.events import (
     FederationStarted,
@@ -23,7 +24,13 @@ from federator.server.federation.exchange import Exchange
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.federation.rounds import Federation, ServerEvaluator
 from federator.server.plan import FederationPlan
-from federator.server.releases import DeliveryReport, ReleaseChannel, ReleaseSigner
+from federator.server.releases import (
+    DeliveryRecorder,
+    DeliveryReport,
+    ReleaseChannel,
+    ReleaseService,
+    ReleaseSigner,
+)
 from federator.server.tracking import MlflowTracking
 from federator.server.tracking import mlflow_io as io
 from federator.server.tracking.provenance import code_version
@@ -61,44 +68,43 @@ def run_federation(
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
-    signer = ReleaseSigner(plan.release.load_signing_key()) if plan.release else None
+    checkpointer = Checkpointer()
     tracking = MlflowTracking(
         plan,
         client=mlflow_client(plan.tracking.uri),
         code_version=code_version(),
-        signer=signer,
+        checkpointer=checkpointer,
         listener=display,
     )
-    checkpoint = tracking.resume(resume) if resume else None
-    if resume is None:
-        tracking.open()
     exchange = Exchange(grid, cancel=cancel)
     directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
-    channel = (
-        _release_channel(grid, exchange, directory, tracking=tracking, display=display)
-        if signer is not None
-        else None
-    )
+    releases = _release_service(plan, grid, exchange, directory, recorders=[tracking, display])
+    checkpoint = tracking.reopen(resume, releases=releases) if resume else None
+    if resume is None:
+        tracking.open(releases=releases)
     federation = Federation(
         plan,
         grid=grid,
         evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
         directory=directory,
-        observers=[tracking, display, *([channel] if channel else [])],
+        observers=[tracking, display, *([releases] if releases else [])],
         exchange=exchange,
         node_timeout=node_timeout,
         run_id=tracking.run_id,
+        checkpointer=checkpointer,
     )
+    if resume is not None:
+        _resume(checkpoint, checkpointer=checkpointer, tracking=tracking)
     try:
-        outcomes = federation.run(resume=checkpoint, resumed=resume is not None)
+        outcomes = federation.run(resumed=resume is not None)
     except BaseException as err:
         _record_failure(err, tracking=tracking, display=display)
         raise
     display.stop()
-    if channel is not None:
-        # The last champion may have been signed after the last round: send it now.
+    if releases is not None:
+        # The last champion may have been committed after the last round: send it now.
         tracking.drain(on_wait=display.saving)
-        channel.run()
+        releases.deliver()
     report = tracking.finish(on_wait=display.saving, stop_reason=federation.stop_reason)
     champion = federation.gate.champion
     summary = FederationSummary(
@@ -117,28 +123,35 @@ def run_federation(
     return summary
 
 
-def _release_channel(
+def _resume(
+    checkpoint: Checkpoint | None, *, checkpointer: Checkpointer, tracking: MlflowTracking
+) -> None:
+    """Continue a reopened run: every registered part (the round loop, the gate, the
+    strategy, the accountant, the lineage, the round journal) back as ``checkpoint`` left it
+    (``None``: the run died before its first commit, so round 1 comes next), then tracking
+    tidies the run up to that round and re-offers the champion's release."""
+    if checkpoint is not None:
+        checkpointer.restore(checkpoint)
+    tracking.resume(after_round=checkpoint.round if checkpoint else 0)
+
+
+def _release_service(
+    plan: FederationPlan,
     grid: Grid,
     exchange: Exchange,
     directory: NodeDirectory,
     *,
-    tracking: MlflowTracking,
-    display: Display,
-) -> ReleaseChannel:
-    """The channel that pushes each committed champion to the nodes; every push is recorded
-    in MLflow and shown."""
-
-    def on_delivery(deliveries: DeliveryReport) -> None:
-        tracking.on_release(deliveries)
-        display.on_release(deliveries)
-
-    return ReleaseChannel(
-        grid_nodes=lambda: list(grid.get_node_ids()),
-        exchange=exchange,
-        directory=directory,
-        source=tracking.take_releases,
-        report=on_delivery,
+    recorders: Sequence[DeliveryRecorder],
+) -> ReleaseService | None:
+    """The service that signs each champion and pushes it to the nodes once committed
+    (``None`` without a signing key); every push goes to ``recorders``."""
+    if plan.release is None:
+        return None
+    channel = ReleaseChannel(
+        grid_nodes=lambda: list(grid.get_node_ids()), exchange=exchange, directory=directory
     )
+    signer = ReleaseSigner(plan.release.load_signing_key())
+    return ReleaseService(signer, plan=plan, channel=channel, recorders=recorders)
 
 
 def _record_failure(err: BaseException, *, tracking: MlflowTracking, display: Display) -> None:

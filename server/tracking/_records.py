@@ -1,22 +1,73 @@
 """Rounds as plain data: the metrics MLflow gets, and a JSON record of each round.
 
-Records go into ``federation/rounds.json`` and into every checkpoint, so a resumed federation
-can still plot and summarise the rounds that ran before the interruption.
+Records go into ``federation/rounds.json`` and, through the `RoundJournal`, into every
+checkpoint, so a resumed federation can still plot and summarise the rounds that ran before
+the interruption.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from federator.client.tasks import Evaluation
-from federator.client.wire import MetricName
+from federator.client.wire import DeliveryStatus, MetricName
 from federator.server.federation.events import (
     ClientRefusal,
     ClientResult,
+    FederationStarted,
     RoundOutcome,
     RoundStatus,
 )
 from federator.server.federation.gate import Decision, Verdict
+from federator.server.releases import DeliveryReport
+
+# The metric whose steps say which rounds' releases were pushed already.
+RELEASE_VERSION = "release/version"
+
+
+class RoundJournal:
+    """Every round's record so far and the last round's metrics (a checkpoint part,
+    `Component.RECORDS`: a resume logs those metrics if the crash came before they were)."""
+
+    def __init__(self) -> None:
+        self._records: list[dict[str, Any]] = []
+        self._metrics: dict[str, float] = {}
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self._metrics)
+
+    def add(self, record: dict[str, Any], *, metrics: Mapping[str, float]) -> None:
+        self._records.append(record)
+        self._metrics = dict(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": self.records, "metrics": self.metrics}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._records = [dict(r) for r in state["rounds"]]
+        self._metrics = {str(k): float(v) for k, v in state["metrics"].items()}
+
+
+def initial_metrics(event: FederationStarted) -> dict[str, float]:
+    """The metrics at step 0: the initial model's server-side evaluation, the nodes."""
+    return {
+        "val/accuracy": event.initial_eval.accuracy,
+        "val/loss": event.initial_eval.loss,
+        "nodes/connected": len(event.nodes),
+    }
+
+
+def release_metrics(report: DeliveryReport) -> dict[str, float]:
+    """``release/*``: how many nodes installed, refused or missed a release, and its version."""
+    metrics: dict[str, float] = {f"release/{s.value}": report.count(s) for s in DeliveryStatus}
+    metrics[RELEASE_VERSION] = report.version
+    return metrics
 
 
 def round_metrics(o: RoundOutcome) -> dict[str, float]:

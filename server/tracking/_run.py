@@ -1,13 +1,23 @@
-"""Opening a federation's MLflow run: a new one, or an interrupted one to resume."""
+"""Opening a federation's MLflow run (a new one, or an interrupted one to resume), what exists
+while it is open, and how it ends."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from federator import ConfigError, TrackingError
+from federator import ConfigError, FederationInterrupted, TrackingError
+from federator.server.federation.durability import DurabilityLedger, DurabilityReport
 from federator.server.plan import FederationPlan
+from federator.server.releases import ReleaseService
 from federator.server.tracking import mlflow_io as io
+from federator.server.tracking._export import FlavourExports, ModelExporter
+from federator.server.tracking._versions import Lineage, Registrar
+from federator.server.tracking._worker import Job, OrderedWorker
 
 
 def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
@@ -63,3 +73,88 @@ def reopen_run(client: Any, plan: FederationPlan, run_id: str) -> Any:
             f"{plan.config_hash[:12]}); resume with the same config"
         )
     return run
+
+
+@dataclass(frozen=True)
+class TrackingReport:
+    """What was recorded: the run, the version made for each round, the champion, and how
+    far behind the rounds the saved state ran."""
+
+    run_id: str
+    experiment_id: str
+    versions: dict[int, str]
+    champion_version: str | None
+    ui_command: str
+    durability: DurabilityReport
+
+
+@dataclass
+class Session:
+    """What exists once MLflow answered (the run opened or reopened), until it ends: the
+    writer, the registrar, the durability ledger, the flavour exports, the staging folder
+    and the release service that promoted versions go to (``None``: releases are off)."""
+
+    worker: OrderedWorker
+    registrar: Registrar
+    ledger: DurabilityLedger
+    exports: FlavourExports
+    staging: tempfile.TemporaryDirectory[str]
+    releases: ReleaseService | None
+
+
+def start_session(
+    run: Any,
+    *,
+    plan: FederationPlan,
+    client: Any,
+    code_version: str,
+    lineage: Lineage,
+    releases: ReleaseService | None,
+    saved_through: int,
+    submit: Callable[[str, Job], None],
+) -> Session:
+    """The session of ``run``; ``submit`` queues a job on the session's writer."""
+    staging = tempfile.TemporaryDirectory(prefix="federator-")
+    run_id = str(run.info.run_id)
+    registrar = Registrar(
+        plan=plan,
+        client=client,
+        run_id=run_id,
+        artifact_uri=str(run.info.artifact_uri),
+        code_version=code_version,
+        staging=Path(staging.name),
+        releases=releases,
+        lineage=lineage,
+    )
+    return Session(
+        worker=OrderedWorker("federator-mlflow"),
+        registrar=registrar,
+        ledger=DurabilityLedger(
+            max_unsaved=plan.tracking.max_unsaved_rounds, saved_through=saved_through
+        ),
+        exports=FlavourExports(
+            exporter=ModelExporter(),
+            client=client,
+            run_id=run_id,
+            model=plan.tracking.registered_model,
+            task_ref=plan.task_ref,
+            example=registrar.staging / "example.npy",
+            submit=submit,
+        ),
+        staging=staging,
+        releases=releases,
+    )
+
+
+def end_status(failed: BaseException | None) -> str:
+    """The MLflow status a run ends with after ``failed`` (``None``: it did not fail)."""
+    if failed is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(failed, FederationInterrupted) else "FAILED"
+
+
+def ui_command(uri: str, experiment_id: str, run_id: str) -> str:
+    """How a person opens run ``run_id`` of the store at ``uri``."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}"

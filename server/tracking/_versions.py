@@ -6,13 +6,15 @@ pt2 pytorch flavour (``MLmodel`` and friends, for ``mlflow.pytorch.load_model``)
 the same artifact folder later by the flavour exporter (see `_export`), so an expensive export
 never holds a checkpoint back; the version's ``federator.flavour`` tag says whether it is
 there yet. When the gate promoted it, the version takes the ``champion`` alias and, with
-releases on, gets signed; the signed statement and envelope are stored next to it under
-``release/``.
+releases on, the `ReleaseService` signs it; the signed statement and envelope are stored next
+to it under ``release/`` (the release service gets the release only once the round is
+committed).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from federator.client.weights import save_safetensors
 from federator.client.wire import MetricName
 from federator.server.federation.events import RoundOutcome
 from federator.server.plan import FederationPlan
-from federator.server.releases import ReleaseSigner, SignedRelease
+from federator.server.releases import PromotedVersion, ReleaseService, SignedRelease
 from federator.server.tracking import mlflow_io as io
 from federator.server.tracking._export import FLAVOUR_TAG, FlavourState
 
@@ -33,7 +35,8 @@ CHALLENGER = "challenger"
 
 @dataclass
 class Lineage:
-    """The versions this federation registered so far."""
+    """The versions this federation registered so far (a checkpoint part,
+    `Component.LINEAGE`; `load_state_dict` changes it in place: the registrar shares it)."""
 
     parent_version: str | None = None
     versions: dict[int, str] = field(default_factory=dict)
@@ -43,7 +46,7 @@ class Lineage:
     # later version descends from those updates, so it carries their privacy cost too.
     local_epsilons: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "parent_version": self.parent_version,
             "champion": self.champion,
@@ -52,20 +55,20 @@ class Lineage:
             "local_epsilons": dict(self.local_epsilons),
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Lineage:
-        return cls(
-            parent_version=d.get("parent_version"),
-            champion=d.get("champion"),
-            champion_round=d.get("champion_round"),
-            versions={int(k): str(v) for k, v in (d.get("versions") or {}).items()},
-            local_epsilons={str(k): float(v) for k, v in (d.get("local_epsilons") or {}).items()},
-        )
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.parent_version = state.get("parent_version")
+        self.champion = state.get("champion")
+        self.champion_round = state.get("champion_round")
+        self.versions = {int(k): str(v) for k, v in (state.get("versions") or {}).items()}
+        self.local_epsilons = {
+            str(k): float(v) for k, v in (state.get("local_epsilons") or {}).items()
+        }
 
 
 @dataclass
 class Registrar:
-    """Creates model versions (and releases) for one federation run."""
+    """Creates model versions (and has ``releases`` sign the promoted ones) for one
+    federation run."""
 
     plan: FederationPlan
     client: Any
@@ -73,7 +76,7 @@ class Registrar:
     artifact_uri: str
     code_version: str
     staging: Path
-    signer: ReleaseSigner | None
+    releases: ReleaseService | None
     lineage: Lineage = field(default_factory=Lineage)
 
     def _model_dir(self, outcome: RoundOutcome, lineage: dict[str, Any]) -> Path:
@@ -143,7 +146,7 @@ class Registrar:
         release = None
         if decision.promoted:
             self.client.set_registered_model_alias(name, CHAMPION, version)
-            if self.signer is not None:
+            if self.releases is not None:
                 release = self._release(
                     outcome, version=int(version), folder=out, artifact_path=artifact_path
                 )
@@ -187,22 +190,25 @@ class Registrar:
     def _release(
         self, outcome: RoundOutcome, *, version: int, folder: Path, artifact_path: str
     ) -> SignedRelease:
-        """Sign the new champion and keep statement and envelope on its version."""
-        assert self.signer is not None
+        """Have the release service sign the new champion; keep statement and envelope on
+        its version."""
+        assert self.releases is not None
         assert outcome.server_eval is not None
         assert outcome.decision is not None
         plan, previous = self.plan, self.lineage.champion
-        release = self.signer.sign(
-            model=plan.tracking.registered_model,
-            version=version,
-            previous_version=int(previous) if previous else None,
-            round=outcome.round,
-            federation=plan.name,
-            run_id=self.run_id,
-            task=plan.task_ref,
-            reasons=outcome.decision.reasons,
-            metrics={"accuracy": outcome.server_eval.accuracy, "loss": outcome.server_eval.loss},
-            folder=folder,
+        release = self.releases.sign(
+            PromotedVersion(
+                version=version,
+                previous_version=int(previous) if previous else None,
+                round=outcome.round,
+                run_id=self.run_id,
+                reasons=outcome.decision.reasons,
+                metrics={
+                    "accuracy": outcome.server_eval.accuracy,
+                    "loss": outcome.server_eval.loss,
+                },
+                folder=folder,
+            )
         )
         signed = self.staging / f"release-{version}"
         signed.mkdir()
@@ -215,7 +221,7 @@ class Registrar:
             plan.tracking.registered_model,
             str(version),
             "federator.release.key_id",
-            self.signer.key_id,
+            self.releases.key_id,
         )
         return release
 

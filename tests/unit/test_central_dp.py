@@ -21,6 +21,7 @@ from flwr.app import Message
 
 from federator import ConfigError
 from federator.privacy.central import UNIFORM_WEIGHT
+from federator.server.federation.checkpoint import Component
 from federator.server.federation.events import RoundStatus
 from federator.server.federation.exchange import Exchange
 from federator.server.federation.nodes import NodeDirectory
@@ -138,11 +139,12 @@ def test_accountant_state_resumes_from_a_checkpoint(raw_config: dict[str, Any]) 
     fed.run()
     checkpoint = rec.rounds[-1].checkpoint
     assert checkpoint is not None
-    assert checkpoint.privacy["compositions"]
+    assert checkpoint[Component.PRIVACY]["compositions"]
     again, rec2 = federation(
         plan_with(raw_config, rounds=3, **central), FakeGrid(client_handlers(4))
     )
-    again.run(resume=checkpoint)
+    again.checkpointer.restore(checkpoint)
+    again.run(resumed=True)
     assert [o.round for o in rec2.rounds] == [3]
     assert rec2.rounds[0].privacy["central-epsilon"] == pytest.approx(expected_epsilon(3), rel=1e-9)
 

@@ -10,6 +10,7 @@ import pytest
 
 PUBLIC = {
     "federator": [
+        "CheckpointError",
         "ConfigError",
         "DataError",
         "DeploymentError",
@@ -37,6 +38,7 @@ PUBLIC = {
         "Sampling",
         "Screened",
         "StrategySpec",
+        "StrategyState",
         "array_specs",
         "check_arrays",
         "screen_replies",

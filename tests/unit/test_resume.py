@@ -17,16 +17,19 @@ from federator import ConfigError, FederationInterrupted, TrackingError
 from federator.server.federation.checkpoint import (
     CHECKPOINT_TAG,
     Checkpoint,
-    load_strategy_state,
+    Checkpointer,
+    Component,
+    Taken,
     read_checkpoint,
-    strategy_state,
     write_checkpoint,
 )
+from federator.server.federation.gate import Gate
 from federator.server.federation.rounds import initial_arrays
 from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress
 from federator.server.tracking import MlflowTracking
+from federator.strategies import StrategyState
 
 
 @pytest.fixture(autouse=True)
@@ -77,38 +80,72 @@ def _interrupted_run(plan: FederationPlan, after: int) -> str:
     return str(run.info.run_id)
 
 
-def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    from federator.client.tasks import DIGITS_MLP
+class _Loop:
+    """Stands in for the round loop's part: a round, skips and a model's arrays."""
 
-    cp = Checkpoint(
-        round=3,
-        arrays=initial_arrays(DIGITS_MLP, 0),
-        strategy_state={"m_t/w": np.ones((2, 2), np.float32)},
-        gate={"champion_round": 2, "champion_value": 0.9},
-        consecutive_skips=1,
-        rounds=[{"round": 1}],
-        metrics={"val/accuracy": 0.9},
-        lineage={"champion": "2"},
-    )
+    def __init__(self, arrays: dict[str, np.ndarray], skips: int = 0) -> None:
+        self.arrays, self.skips = arrays, skips
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consecutive_skips": self.skips, "arrays": dict(self.arrays)}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.arrays, self.skips = dict(state["arrays"]), int(state["consecutive_skips"])
+
+
+def _parts(
+    checkpointer: Checkpointer, gate: Gate, strategy: FedAdam, loop: _Loop, lineage: Any
+) -> None:
+    checkpointer.register(Component.LOOP, loop)
+    checkpointer.register(Component.GATE, gate)
+    checkpointer.register(Component.STRATEGY, StrategyState(strategy, ("m_t", "v_t")))
+    checkpointer.register(Component.LINEAGE, lineage, taken=Taken.AT_COMMIT)
+
+
+def test_checkpoint_round_trip(tmp_path: Path, raw_config: dict[str, Any]) -> None:
+    from federator.client.tasks import DIGITS_MLP
+    from federator.client.weights import arrays_to_numpy
+    from federator.server.federation.gate import Candidate
+    from federator.server.tracking._versions import Lineage
+
+    plan = build_plan(raw_config, source="test")
+    model = arrays_to_numpy(initial_arrays(DIGITS_MLP, 0))
+    gate, adam, lineage = Gate(plan.gate), FedAdam(), Lineage(champion="2", champion_round=2)
+    gate.promote(Candidate(round=2, value=0.9, client_accuracies={}))
+    adam.m_t = {"w": np.ones((2, 2), np.float32)}
+    saving = Checkpointer()
+    _parts(saving, gate, adam, _Loop(model, skips=1), lineage)
+    cp = saving.complete(saving.snapshot(3))
     back = read_checkpoint(write_checkpoint(cp, tmp_path / "cp"))
     assert back.round == 3
-    assert back.gate == cp.gate
-    assert back.lineage == cp.lineage
-    assert back.rounds == cp.rounds
-    assert np.array_equal(back.strategy_state["m_t/w"], cp.strategy_state["m_t/w"])
-    for key, arr in cp.arrays.items():
-        assert np.array_equal(back.arrays[key].numpy(), arr.numpy())
+
+    gate2, adam2, loop2, lineage2 = Gate(plan.gate), FedAdam(), _Loop({}), Lineage()
+    restoring = Checkpointer()
+    _parts(restoring, gate2, adam2, loop2, lineage2)
+    restoring.restore(back)
+    assert gate2.state_dict() == gate.state_dict() == {"champion_round": 2, "champion_value": 0.9}
+    assert lineage2 == lineage
+    assert loop2.skips == 1
+    assert adam2.m_t is not None
+    assert adam2.v_t is None  # not set when saved: not set after
+    assert np.array_equal(adam2.m_t["w"], adam.m_t["w"])
+    assert list(loop2.arrays) == list(model)  # the model's key order survives
+    for key, arr in model.items():
+        assert np.array_equal(loop2.arrays[key], arr)
+        assert loop2.arrays[key].dtype == arr.dtype
 
 
 def test_fedadam_moments_round_trip() -> None:
     a, b = FedAdam(), FedAdam()
     a.m_t = {"w": np.arange(4.0)}
     a.v_t = {"w": np.arange(4.0) ** 2}
-    load_strategy_state(b, ("m_t", "v_t"), strategy_state(a, ("m_t", "v_t")))
+    StrategyState(b, ("m_t", "v_t")).load_state_dict(StrategyState(a, ("m_t", "v_t")).state_dict())
     assert b.m_t is not None
     assert b.v_t is not None
     assert np.array_equal(b.m_t["w"], a.m_t["w"])
     assert np.array_equal(b.v_t["w"], a.v_t["w"])
+    a.m_t["w"][0] = 99.0  # the state is a copy, not the strategy's own arrays
+    assert b.m_t["w"][0] == 0.0
 
 
 def test_resumed_federation_matches_an_uninterrupted_one(

@@ -37,7 +37,7 @@ def _registrar(tmp_path: Path, lineage: Lineage) -> Registrar:
         artifact_uri="file:///nowhere",
         code_version="test",
         staging=tmp_path,
-        signer=None,
+        releases=None,
         lineage=lineage,
     )
 
