@@ -36,7 +36,6 @@ from federator.privacy.policy import (
     refuse_non_private,
 )
 from federator.privacy.secagg import (
-    DropoutTolerantSecAggPlusWorkflow,
     SecAggParams,
     SecAggResult,
     run_secagg_round,
@@ -53,7 +52,6 @@ __all__ = [
     "Charge",
     "ClippingSide",
     "DpSgd",
-    "DropoutTolerantSecAggPlusWorkflow",
     "LedgerEntry",
     "LocalDpTarget",
     "NodePrivacyPolicy",

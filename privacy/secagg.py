@@ -34,7 +34,6 @@ from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
 from federator.client.wire import (
@@ -101,36 +100,7 @@ class SecAggResult:
         return self.mean is None
 
 
-class DropoutTolerantSecAggPlusWorkflow(SecAggPlusWorkflow):
-    """Flower's `SecAggPlusWorkflow` that survives dropouts in the first two stages.
-
-    This is OUR patch, not upstream Flower. In stock 1.42 a node that drops during "setup" or
-    "share keys" stays in ``sampled_node_ids``; "unmask" then reports it as dead to its
-    neighbours, who hold no share of its key (it never sent them any) and fail, so the whole
-    round aborts however many nodes remain. Such a node never sent a masked vector nor took
-    part in anyone's pairwise masks, so it is forgotten after each of those stages, as the
-    protocol of Bell et al. intends. Dropouts in the last two stages are handled by Flower.
-    """
-
-    @staticmethod
-    def _forget_dropped(state: WorkflowState) -> None:
-        alive = set(state.active_node_ids)
-        state.sampled_node_ids = alive
-        state.nid_to_neighbours = {
-            nid: nbrs & alive for nid, nbrs in state.nid_to_neighbours.items() if nid in alive
-        }
-
-    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        ok = bool(super().setup_stage(grid, context, state))
-        if ok:
-            self._forget_dropped(state)
-        return ok
-
-    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        ok = bool(super().share_keys_stage(grid, context, state))
-        if ok:
-            self._forget_dropped(state)
-        return ok
+SecAggWorkflow = type[SecAggPlusWorkflow]  # Flower's workflow class, or a subclass of it
 
 
 def _abort_reason(stage: str, answered: int, sampled: int, params: SecAggParams) -> str:
@@ -152,13 +122,16 @@ def run_secagg_round(
     keys: Sequence[str],
     config: Mapping[str, Scalar],
     params: SecAggParams,
+    workflow: SecAggWorkflow = SecAggPlusWorkflow,
 ) -> SecAggResult:
     """One SecAgg+ round over ``node_ids``: each trains from ``arrays`` (named ``keys``) with
     ``config`` and contributes its update ``local − arrays``; returns their weighted mean.
 
     Never raises because clients dropped: too few survivors give an aborted result. A
     protocol error (a malformed masked vector, a share that does not combine) also aborts,
-    with the error as the reason.
+    with the error as the reason. ``workflow``: Flower's `SecAggPlusWorkflow` (stock) or a
+    subclass of it — the coordinator passes its dropout-tolerant one
+    (`federator.server._flwr_compat`).
     """
     full_config = dict(config) | {
         SECAGG_KEYS_KEY: "\n".join(keys),
@@ -180,7 +153,7 @@ def run_secagg_round(
     context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
         fitins.parameters, keep_input=True
     )
-    workflow = DropoutTolerantSecAggPlusWorkflow(
+    protocol = workflow(
         num_shares=params.num_shares,
         reconstruction_threshold=params.reconstruction_threshold,
         max_weight=params.max_weight,
@@ -192,7 +165,7 @@ def run_secagg_round(
     stage_grid = StageGrid(grid, exchange, params.timeout)
     error: str | None = None
     try:
-        workflow(stage_grid, context)
+        protocol(stage_grid, context)
     except (ValueError, KeyError, TypeError, IndexError) as err:  # a client broke the protocol
         error = f"secure aggregation failed in stage {stage_grid.stage}: {err!r}"
     results = strategy.results if error is None else None
@@ -227,9 +200,9 @@ __all__ = [
     "MODULUS_RANGE",
     "SECAGG_ACTION",
     "SECAGG_MESSAGE_TYPE",
-    "DropoutTolerantSecAggPlusWorkflow",
     "SecAggParams",
     "SecAggResult",
+    "SecAggWorkflow",
     "SendReceive",
     "Survivor",
     "fitres_reply",

@@ -95,6 +95,14 @@ def run_command(
             "restart; same config).",
         ),
     ] = None,
+    stock_flower: Annotated[
+        bool,
+        typer.Option(
+            "--stock-flower",
+            help="Use none of Federator's Flower patches in this run (slower pulls; SecAgg+ "
+            "aborts on an early dropout): for when a Flower upgrade breaks them.",
+        ),
+    ] = False,
 ) -> None:
     """Submit CONFIG to a running coordinator and stream its progress until it ends."""
     from federator.client.actions import run_action
@@ -116,6 +124,7 @@ def run_command(
             federation=coordinator_kit.federation,
             state=state,
             resume=resume,
+            stock_flower=stock_flower,
         )
         if status != "finished:completed":
             raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")

@@ -21,6 +21,7 @@ from federator.client.processes import flower_command, flower_env
 from federator.server.deploy.coordinator import flwr_cli, write_flwr_home
 from federator.server.federation.run_config import (
     RESUME_KEY,
+    STOCK_FLOWER_KEY,
     SUBMITTED_KEY,
     decode_config,
     encode_config,
@@ -63,6 +64,7 @@ def submit_run(
     state: Path,
     timeout: float | None = None,
     resume: str | None = None,
+    stock_flower: bool = False,
     echo: Callable[[str], None] = _echo,
 ) -> str:
     """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
@@ -70,7 +72,8 @@ def submit_run(
 
     ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is asked of
     the SuperLink afterwards. ``resume``: an MLflow run id to continue after its last
-    checkpoint (after a coordinator restart). `DeploymentError` if nothing was submitted."""
+    checkpoint (after a coordinator restart). ``stock_flower``: the ServerApp uses none of
+    Federator's Flower patches. `DeploymentError` if nothing was submitted."""
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
@@ -79,6 +82,8 @@ def submit_run(
         if not resume.isalnum():
             raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
         run_config += f" {RESUME_KEY}='{resume}'"
+    if stock_flower:
+        run_config += f" {STOCK_FLOWER_KEY}=true"
     argv = [
         flower_command("flwr"),
         "run",

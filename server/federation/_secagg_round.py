@@ -22,7 +22,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from federator.client.wire import NUM_EXAMPLES
-from federator.privacy.secagg import SecAggParams, SecAggResult, SendReceive, run_secagg_round
+from federator.privacy.secagg import (
+    SecAggParams,
+    SecAggResult,
+    SecAggWorkflow,
+    SendReceive,
+    run_secagg_round,
+)
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan.config import SecAggSection
 from federator.strategies.screening import ClientReply, Rejection, Screened
@@ -94,8 +100,10 @@ class SecAggTraining:
         exchange: SendReceive,
         directory: NodeDirectory,
         round_timeout: float,
+        workflow: SecAggWorkflow,
     ) -> None:
         self._grid = grid
+        self._workflow = workflow
         self._exchange = exchange
         self._directory = directory
         timeout = plan.timeout if plan.timeout is not None else round_timeout
@@ -122,6 +130,7 @@ class SecAggTraining:
             keys=list(arrays.keys()),
             config={k: v for k, v in config.items() if not isinstance(v, list)},
             params=self.params,
+            workflow=self._workflow,
         )
         screened = self._screened(result)
         if result.mean is None:

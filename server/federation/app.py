@@ -9,14 +9,21 @@ and a `RunHandle` to follow (and interrupt) the run from another thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from federator.server._flwr_compat import FlowerCompat
 from federator.server.federation.events import FederationSummary
-from federator.server.federation.run_config import RESUME_KEY, SUBMITTED_KEY, decode_config
+from federator.server.federation.run_config import (
+    RESUME_KEY,
+    STOCK_FLOWER_KEY,
+    SUBMITTED_KEY,
+    decode_config,
+)
 from federator.server.federation.runner import Display, run_federation
 from federator.server.plan import FederationPlan, build_plan, load_plan
 from federator.server.progress import LogProgress
@@ -53,6 +60,16 @@ def _resume_from(context: Context) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _compat_from(context: Context) -> FlowerCompat:
+    """Stock Flower if the run was submitted with ``--stock-flower`` (said in the run's log)."""
+    compat = FlowerCompat(stock=context.run_config.get(STOCK_FLOWER_KEY) is True)
+    if compat.stock:
+        from flwr.common.logger import log
+
+        log(logging.INFO, "coordinator on %s", compat.describe())
+    return compat
+
+
 def build_server_app(
     plan: FederationPlan | None = None,
     *,
@@ -75,6 +92,7 @@ def build_server_app(
                 display=display or LogProgress(),
                 cancel=run.cancel,
                 resume=resume or _resume_from(context),
+                compat=_compat_from(context),
             )
         except BaseException as err:
             run.error = err

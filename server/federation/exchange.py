@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from federator import FederationInterrupted, UpdateRejected
 from federator.client.packing import pack_content, unpack_content
 from federator.client.wire import ReplyCode
-from federator.server.federation._patient_pull import deployed, pull_function
+from federator.server._flwr_compat import FlowerCompat, deployed
 
 UNREADABLE_REPLY = int(ReplyCode.UNREADABLE)  # a reply whose packed arrays could not be read
 EXPIRY_MARGIN = 5.0  # seconds a message outlives its round's timeout (clock skew, transit)
@@ -31,12 +31,15 @@ class Exchange:
         grid: Grid,
         *,
         cancel: threading.Event | None = None,
+        compat: FlowerCompat | None = None,
         poll: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._grid = grid
-        self._pull = pull_function(grid)
+        # how this coordinator talks to Flower: its patches, or stock Flower
+        self.compat = compat or FlowerCompat()
+        self._pull = self.compat.pull(grid)
         self._packed = deployed(grid)  # one array per message on the wire (`_packing`)
         self._cancel = cancel or threading.Event()
         self._poll = poll

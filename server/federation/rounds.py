@@ -183,6 +183,7 @@ class Federation:
                 exchange=self._exchanger,
                 directory=directory,
                 round_timeout=plan.strategy.round_timeout,
+                workflow=self._exchanger.compat.secagg_workflow,
             )
             if plan.privacy.secagg is not None
             else None

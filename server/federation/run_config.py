@@ -1,7 +1,8 @@
 """The run config of Federator's Flower App: what `federator run` writes and the ServerApp reads.
 
 Flower's run config is ``key='value'`` text pairs, so the resolved federation config travels
-as base64 JSON under `SUBMITTED_KEY`, and the MLflow run to continue under `RESUME_KEY`.
+as base64 JSON under `SUBMITTED_KEY`, the MLflow run to continue under `RESUME_KEY`, and
+``true`` under `STOCK_FLOWER_KEY` for a run on stock Flower (``federator run --stock-flower``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 SUBMITTED_KEY = "federation-config-json"
 RESUME_KEY = "federation-resume"
+STOCK_FLOWER_KEY = "federator-stock-flower"
 
 
 def encode_config(raw: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from flwr.serverapp import Grid
 
+from federator.server._flwr_compat import FlowerCompat
 from federator.server.federation.checkpoint import Checkpoint, Checkpointer
 from federator.server.federation.durability import DurabilityListener
 from federator.server.federation.events import (
@@ -58,13 +59,15 @@ def run_federation(
     cancel: threading.Event | None = None,
     resume: str | None = None,
     node_timeout: float = 300.0,
+    compat: FlowerCompat | None = None,
 ) -> FederationSummary:
     """Open tracking, run every round, drain MLflow writes, show and return the summary.
 
     MLflow problems surface before round 1 (the run is opened first). Whatever happens in
     the rounds, queued MLflow writes are finished and the run is ended (FAILED on error,
     KILLED when ``cancel`` was set). With ``resume`` (an MLflow run id) the federation
-    continues that run after its last checkpoint instead of starting a new one.
+    continues that run after its last checkpoint instead of starting a new one. ``compat``:
+    Federator's Flower patches (default) or stock Flower.
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
@@ -76,7 +79,7 @@ def run_federation(
         checkpointer=checkpointer,
         listener=display,
     )
-    exchange = Exchange(grid, cancel=cancel)
+    exchange = Exchange(grid, cancel=cancel, compat=compat)
     directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
     releases = _release_service(plan, grid, exchange, directory, recorders=[tracking, display])
     checkpoint = tracking.reopen(resume, releases=releases) if resume else None

@@ -5,6 +5,8 @@ import-linter contracts in pyproject.toml, run by tests/check.py).
   share gets a public name.
 * ``server/`` is in rooms: no module lives on its flat floor but the few shared by every room.
 * No module is longer than 400 lines.
+* Flower's private names, ``setattr`` on a module and ``__dict__`` writes appear only in the
+  ``_flwr_compat`` packages (one per side), each with a stock-Flower switch.
 """
 
 from __future__ import annotations
@@ -172,3 +174,79 @@ def test_every_module_imports_on_its_own() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         failures = [f for f in pool.map(load, modules) if f]
     assert not failures, "\n".join(failures)
+
+
+def _flower_internals(source: str) -> list[str]:
+    """What ``source`` touches of Flower's private side: a private name or module imported
+    from flwr, a private attribute of something imported from flwr, ``setattr`` on a name,
+    or a write into an object's ``__dict__``."""
+    tree = ast.parse(source)
+    flower, found = _flower_imports(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in flower and _private_part(node.attr):
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
+            if node.func.id == "setattr" and isinstance(node.args[0], ast.Name):
+                found.append(f"line {node.lineno}: setattr({node.args[0].id}, …)")
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "__dict__"
+        ):
+            found.append(f"line {node.lineno}: …__dict__[…]")
+    return found
+
+
+def _flower_imports(tree: ast.Module) -> tuple[set[str], list[str]]:
+    """The local names bound to flwr imports, and the private ones among what is imported."""
+    flower: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "flwr":
+            names = [node.module or "", *(a.name for a in node.names)]
+            found += [f"line {node.lineno}: {n}" for n in names if _private_part(n)]
+            flower.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "flwr":
+                    flower.add((a.asname or a.name).split(".")[0])
+                    found += [f"line {node.lineno}: {a.name}"] if _private_part(a.name) else []
+    return flower, found
+
+
+def _private_part(dotted: str) -> bool:
+    return any(p.startswith("_") and not p.startswith("__") for p in dotted.split("."))
+
+
+def test_flowers_internals_are_touched_only_in_the_flwr_compat_packages() -> None:
+    offences = [
+        f"{path.relative_to(ROOT)} {what}"
+        for module, path in _modules().items()
+        if "._flwr_compat" not in module
+        for what in _flower_internals(path.read_text())
+    ]
+    assert not offences, "\n".join(offences)
+
+
+def test_the_flower_rule_sees_each_kind_of_use() -> None:
+    source = (
+        "import flwr.supernode.nodestate\n"
+        "from flwr.supernode.start_client_internal import _push_messages\n"
+        "from flwr.supernode import fleet_http_connection as conn\n"
+        "from flwr.server import _private\n"
+        "x = conn._interval\n"
+        "setattr(conn, 'HEARTBEAT_DEFAULT_INTERVAL', 10)\n"
+        "msg.metadata.__dict__['_message_id'] = 'x'\n"
+        "from flwr.app import Message\n"
+        "y = Message.metadata\n"
+    )
+    found = _flower_internals(source)
+    assert [f.split(":")[0] for f in found] == [
+        "line 2",
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 7",
+    ], found
+    assert _flower_internals("from flwr.app import Message\nself._client = 1\n") == []

@@ -99,7 +99,6 @@ PUBLIC = {
         "Charge",
         "ClippingSide",
         "DpSgd",
-        "DropoutTolerantSecAggPlusWorkflow",
         "LedgerEntry",
         "LocalDpTarget",
         "NodePrivacyPolicy",

@@ -1,8 +1,16 @@
-"""The ServerApp's reply pull on a deployment: the same replies as Flower's own
-``HttpGrid.pull_messages``, without its 1 s wait for a part that is still uploading."""
+"""The coordinator's Flower internals (`federator.server._flwr_compat`) against the installed flwr.
+
+The contract file for upgrading Flower. The reply pull runs on Flower's real ``HttpGrid``
+(only the SuperLink's Runtime API answering it is ours) side by side with Flower's own
+``pull_messages``; the SecAgg+ workflow is checked against Flower's real classes (its
+behaviour under dropouts is in ``test_secagg.py``). When one fails after an upgrade, fix the
+piece or run with ``federator run --stock-flower`` meanwhile.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import time
 from collections import Counter
 
@@ -20,7 +28,8 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, 
 from flwr.supercore.run import Run
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from federator.server.federation._patient_pull import pull_function
+from federator.server._flwr_compat import FlowerCompat
+from federator.server._flwr_compat.patient_pull import pull_function
 
 
 class FakeRuntime:
@@ -117,3 +126,39 @@ def test_other_grids_pull_their_own_way() -> None:
     grid.push_messages([ins])
     (reply,) = pull_function(grid)([ins.metadata.message_id])
     assert reply.metadata.reply_to_message_id == ins.metadata.message_id
+
+
+def test_the_stock_switch_pulls_exactly_as_flower_does() -> None:
+    ins, reply = _reply()
+    runtime = FakeRuntime(reply, unavailable_for=1)
+    (stock,) = FlowerCompat(stock=True).pull(_grid(runtime))([ins.metadata.message_id])
+    assert stock.metadata.message_id == reply.metadata.message_id
+    assert runtime.asked_at[1] - runtime.asked_at[0] > 0.5  # Flower's own 1 s backoff
+    patched = FakeRuntime(reply, unavailable_for=1)
+    FlowerCompat().pull(_grid(patched))([ins.metadata.message_id])
+    assert patched.asked_at[1] - patched.asked_at[0] < 0.5
+
+
+def test_the_pull_copy_still_matches_the_grid_it_was_copied_from() -> None:
+    """Our pull reads these private parts of flwr 1.42's ``HttpGrid`` (real objects)."""
+    grid = HttpGrid(token="t")
+    assert hasattr(grid, "_runtime_client")
+    assert inspect.signature(HttpGrid.pull_messages).parameters.keys() >= {"message_ids"}
+    source = inspect.getsource(HttpGrid.pull_messages)
+    for name in ("PullMessages", "ConfirmMessageReceived", "make_pull_object_fn_protobuf"):
+        assert name in source, name
+
+
+def test_the_secagg_switch_picks_flowers_workflow_or_our_subclass() -> None:
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+    assert FlowerCompat(stock=True).secagg_workflow is SecAggPlusWorkflow
+    ours = FlowerCompat().secagg_workflow
+    assert issubclass(ours, SecAggPlusWorkflow)
+    assert ours is not SecAggPlusWorkflow
+    fields = {f.name for f in dataclasses.fields(WorkflowState)}
+    assert {"active_node_ids", "sampled_node_ids", "nid_to_neighbours"} <= fields
+    for stage in ("setup_stage", "share_keys_stage"):
+        params = list(inspect.signature(getattr(SecAggPlusWorkflow, stage)).parameters)
+        assert params == ["self", "grid", "context", "state"], stage

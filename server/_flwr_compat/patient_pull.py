@@ -10,8 +10,8 @@ mid-upload, and nearly every deployed round paid that second.
 requests, same error reply for parts that never arrive, same confirmation — asking again
 after `FIRST_BACKOFF` s and doubling up to `BACKOFF_CAP`; for any other grid (simulation,
 test fakes) the grid's own ``pull_messages``. It drives private attributes of flwr 1.42's
-``HttpGrid`` (the dependency is pinned below 1.43); ``tests/unit/test_patient_pull.py``
-checks that they are still there.
+``HttpGrid`` (the dependency is pinned below 1.43); ``tests/unit/test_flwr_compat_server.py``
+runs it against the installed flwr's ``HttpGrid``.
 """
 
 from __future__ import annotations
