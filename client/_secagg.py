@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.app import Context, Message, RecordDict
 
-from federator import FederatorError, UpdateRejected
+from federator import UpdateRejected
 from federator.client.wire import NUM_EXAMPLES
 from federator.privacy.secagg_client import (
     fitres_reply,
     read_fitins,
-    secagg_mods,
     secagg_update,
     secagg_weight,
 )
@@ -55,19 +53,3 @@ def secagg_handler(train: Handler) -> Handler:
         return fitres_reply(msg, update=update, weight=weight, metrics=metrics)
 
     return train_secagg
-
-
-def _refusing(code: int) -> Mod:
-    def refusing(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        """Outermost: a refusal anywhere below becomes an error reply naming the reason."""
-        try:
-            return call_next(msg, context)
-        except FederatorError as err:
-            return Message(Error(code=code, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
-
-    return refusing
-
-
-def secagg_client_mods(*, refused_code: int) -> list[Mod]:
-    """The mods of the ``train.secagg`` handler: refusals → error replies, then SecAgg+."""
-    return [_refusing(refused_code), *secagg_mods()]

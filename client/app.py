@@ -18,14 +18,15 @@ from collections.abc import Callable
 from functools import partial, update_wrapper
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from federator import FederatorError, ReleaseRefused, __version__
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
-from federator.client._secagg import secagg_client_mods, secagg_handler
+from federator.client._secagg import secagg_handler
 from federator.client.instructions import Instructions, read_instructions
 from federator.client.local_data import load_node_data
+from federator.client.mods import packed_io, refusing
 from federator.client.node import (
     NodeConfig,
     SimulatedNodes,
@@ -36,7 +37,6 @@ from federator.client.node import (
     privacy_policy,
 )
 from federator.client.node_policy import NodePolicy
-from federator.client.packing import packed_io
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, model_arrays
 from federator.client.wire import (
@@ -50,12 +50,10 @@ from federator.client.wire import (
     SECAGG_ACTION,
     VERSION_KEY,
     DeliveryStatus,
-    ReplyCode,
 )
 from federator.privacy.central import client_clipping
+from federator.privacy.secagg_client import secagg_mods
 from federator.simulations.partition import ClientData, client_data
-
-REFUSED = int(ReplyCode.REFUSED)  # refusals Federator makes on purpose
 
 
 def _meta(node: NodeConfig) -> ConfigRecord:
@@ -105,20 +103,6 @@ def _prepare(
         raise FederatorError("the message carries no global model ('arrays')")
     load_arrays(model, arrays)
     return instr, task, data, model
-
-
-def _refusing(
-    handler: Callable[[Message, Context], Message],
-) -> Callable[[Message, Context], Message]:
-    def wrapped(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except FederatorError as err:
-            return Message(Error(code=REFUSED, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def train(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
@@ -245,18 +229,17 @@ def build_client_app(*, simulated: SimulatedNodes | None = None) -> ClientApp:
     app, and so the settings, travel to the Simulation Engine's workers with it."""
     train_, evaluate_ = _bound(train, simulated), _bound(evaluate, simulated)
     app = ClientApp()
-    app.train()(_refusing(packed_io(train_)))
-    app.train(SECAGG_ACTION, mods=secagg_client_mods(refused_code=REFUSED))(secagg_handler(train_))
-    app.evaluate()(_refusing(packed_io(evaluate_)))
-    app.query()(_refusing(_bound(hello, simulated)))
-    app.query(RELEASE_ACTION)(_refusing(_bound(release, simulated)))
+    app.train(mods=[refusing, packed_io])(train_)
+    app.train(SECAGG_ACTION, mods=[refusing, *secagg_mods()])(secagg_handler(train_))
+    app.evaluate(mods=[refusing, packed_io])(evaluate_)
+    app.query(mods=[refusing])(_bound(hello, simulated))
+    app.query(RELEASE_ACTION, mods=[refusing])(_bound(release, simulated))
     return app
 
 
 app = build_client_app()
 
 __all__ = [
-    "REFUSED",
     "app",
     "build_client_app",
     "evaluate",

@@ -109,18 +109,3 @@ def _replace(msg: Message, record: ArrayRecord) -> None:
     content = RecordDict(dict(msg.content.items()))
     content[ARRAYS] = record
     msg.content = content
-
-
-def packed_io(handler: Handler) -> Handler:
-    """A ClientApp handler that accepts packed arrays and answers in kind."""
-
-    def wrapped(msg: Message, context: Context) -> Message:
-        packed = unpack_content(msg)
-        reply = handler(msg, context)
-        if packed:
-            pack_content(reply)
-        return reply
-
-    wrapped.__name__ = getattr(handler, "__name__", "handler")
-    wrapped.__doc__ = handler.__doc__
-    return wrapped

@@ -117,6 +117,7 @@ def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
     import random
 
     from federator.client import app as client
+    from federator.client.mods import refusing
 
     def make(pid: int, node_id: int) -> Handler:
         ctx = client_context(pid, partitions, node_id)
@@ -124,7 +125,7 @@ def client_handlers(partitions: int, *, id_seed: int = 0) -> dict[int, Handler]:
         def handle(msg: Message) -> Message:
             kind = msg.metadata.message_type
             fn = {"train": client.train, "evaluate": client.evaluate, "query": client.hello}[kind]
-            return client._refusing(fn)(msg, ctx)
+            return refusing(msg, ctx, fn)
 
         return handle
 

@@ -11,178 +11,32 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from procs import BIN, child_env, free_port, run_cli
+from deployed import (
+    NODES,
+    cli_output,
+    connected_nodes,
+    deployment,
+    eval_list,
+    fed_config,
+    start_cli,
+    start_node,
+    wait_for,
+)
+from procs import BIN, free_port, run_cli
 
 pytestmark = pytest.mark.integration
-
-NODES = ("site-a", "site-b", "site-c")
-
-
-def _start(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    """``federator ARGS`` in its own session, output to ``<cwd>/<pid>.out`` (polled by
-    `_wait_for`: a pipe read through Python's buffers can hide lines from select)."""
-    log = cwd / f"cli-{time.monotonic_ns()}.out"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "federator"), *args],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    proc.log = log  # type: ignore[attr-defined]
-    return proc
-
-
-def _output(proc: subprocess.Popen[str]) -> str:
-    return Path(proc.log).read_text(errors="replace")  # type: ignore[attr-defined]
-
-
-def _wait_for(proc: subprocess.Popen[str], marker: str, *, timeout: float) -> str:
-    """Wait until ``marker`` is in the process's output; fail with the output otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker in (seen := _output(proc)):
-            return seen
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    pytest.fail(f"{marker!r} not seen (exit {proc.poll()}):\n{_output(proc)}")
-
-
-def _stop(proc: subprocess.Popen[str], *, grace: float = 40) -> int:
-    """SIGTERM the process (our CLI stops its Flower children), wait, then check the whole
-    process group is gone."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            pytest.fail(f"pid {proc.pid} did not stop on SIGTERM")
-    return proc.returncode
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[2] == str(pgid) and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
-
-
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Provisioned kits, a running coordinator, node data files. Stops everything after."""
-    from sklearn.datasets import load_digits
-
-    port = free_port()
-    fed_file = tmp_path / "federation.toml"
-    fed_file.write_text(
-        f'[federation]\nname = "e2e-deploy"\ncoordinator = "127.0.0.1:{port}"\n'
-        + "".join(f'[[nodes]]\nname = "{n}"\n' for n in NODES)
-    )
-    env = child_env(PYTHONUNBUFFERED="1")
-    provisioned = run_cli("provision", str(fed_file), "--out", str(tmp_path / "kits"), cwd=tmp_path)
-    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
-    kits = tmp_path / "kits"
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target
-    data = {}
-    for i, name in enumerate(NODES):
-        data[name] = tmp_path / f"{name}.npz"
-        np.savez(data[name], x=x[i * 400 : (i + 1) * 400], y=y[i * 400 : (i + 1) * 400])
-    coordinator = _start(
-        ["coordinator", "start", "--kit", str(kits / "coordinator")], cwd=tmp_path, env=env
-    )
-    started: list[subprocess.Popen[str]] = [coordinator]
-    try:
-        _wait_for(coordinator, "ready", timeout=120)
-        yield {
-            "tmp": tmp_path,
-            "kits": kits,
-            "port": port,
-            "data": data,
-            "env": env,
-            "started": started,
-            "coordinator": coordinator,
-        }
-    finally:
-        for proc in reversed(started):
-            _stop(proc)
-        for proc in started:
-            assert _group_members(proc.pid) == [], f"processes left behind by pid {proc.pid}"
-
-
-def _node(d: dict[str, Any], name: str, *, port: int) -> subprocess.Popen[str]:
-    proc = _start(
-        [
-            "node",
-            "start",
-            "--kit",
-            str(d["kits"] / "nodes" / name),
-            "--data",
-            str(d["data"][name]),
-            "--port",
-            str(port),
-            "--connect-timeout",
-            "60",
-        ],
-        cwd=d["tmp"],
-        env=d["env"],
-    )
-    d["started"].append(proc)
-    return proc
-
-
-def _connected_nodes(d: dict[str, Any]) -> dict[str, subprocess.Popen[str]]:
-    """Every partner node started, each on its own port, and admitted by the SuperLink."""
-    nodes = {name: _node(d, name, port=free_port()) for name in NODES}
-    for proc in nodes.values():
-        _wait_for(proc, "connected:", timeout=90)
-    return nodes
-
-
-def _config(d: dict[str, Any], *, rounds: int, extra: str) -> Path:
-    """The test federation (digits-mlp on the 3 nodes, MLflow in the test's directory) with
-    ``extra`` TOML sections."""
-    cfg = d["tmp"] / "fed.toml"
-    cfg.write_text(
-        f"""
-[federation]
-name = "e2e-deploy"
-rounds = {rounds}
-seed = 5
-[task]
-name = "digits-mlp"
-[data]
-clients = 3
-[tracking]
-runs_dir = "{d["tmp"] / "runs"}"
-"""
-        + extra
-    )
-    return cfg
+__all__ = ["deployment"]  # the fixture, imported for pytest
 
 
 def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, Any]) -> None:
     d = deployment
-    _connected_nodes(d)
+    connected_nodes(d)
     coordinator_kit = d["kits"] / "coordinator"
-    cfg = _config(
+    cfg = fed_config(
         d,
         rounds=2,
         extra=f"""
@@ -227,12 +81,6 @@ signing_key = "{coordinator_kit / "release.key"}"
         assert Path(os.readlink(current)).name == str(champion)
 
 
-def eval_list(tag: str) -> list[str]:
-    import json
-
-    return list(json.loads(tag))
-
-
 def test_unregistered_key_and_plaintext_are_refused(deployment: dict[str, Any]) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -253,9 +101,9 @@ def test_unregistered_key_and_plaintext_are_refused(deployment: dict[str, Any]) 
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
     )
-    intruder = _node(d, NODES[0], port=free_port())
+    intruder = start_node(d, NODES[0], port=free_port())
     assert intruder.wait(timeout=180) == 1
-    assert "was not admitted" in _output(intruder)
+    assert "was not admitted" in cli_output(intruder)
 
     # A plaintext SuperNode (registered key) never gets in.
     plain_log = d["tmp"] / "plain.log"
@@ -292,7 +140,7 @@ def _crash(node: subprocess.Popen[str]) -> None:
     """Kill a node as a power cut would: SIGKILL its CLI and Flower's processes at once."""
     import re
 
-    pids = [int(p) for p in re.findall(r"pid (\d+)", _output(node))]
+    pids = [int(p) for p in re.findall(r"pid (\d+)", cli_output(node))]
     for pgid in [node.pid, *pids]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
@@ -323,8 +171,8 @@ def test_nodes_killed_mid_federation(deployment: dict[str, Any]) -> None:
     import json
 
     d = deployment
-    nodes = _connected_nodes(d)
-    cfg = _config(
+    nodes = connected_nodes(d)
+    cfg = fed_config(
         d,
         rounds=3,
         extra="""
@@ -335,7 +183,7 @@ round_timeout = 20.0  # rounds take ~3 s here; a dead node costs one timeout
 fraction_evaluate = 0.0
 """,
     )
-    run = _start(
+    run = start_cli(
         [
             "run",
             str(cfg),
@@ -352,8 +200,8 @@ fraction_evaluate = 0.0
     _crash(nodes[NODES[2]])  # replied in round 1, gone for round 2
     _after_train_replies(d, NODES[1], 2, timeout=300)
     _crash(nodes[NODES[1]])  # replied in round 2, gone for round 3
-    assert run.wait(timeout=600) == 0, _output(run)[-4000:]
-    out = _output(run)
+    assert run.wait(timeout=600) == 0, cli_output(run)[-4000:]
+    out = cli_output(run)
     assert "1 skipped" in out
 
     from mlflow import MlflowClient
@@ -382,8 +230,8 @@ def test_coordinator_restart_resumes_the_run(deployment: dict[str, Any]) -> None
     from procs import stop_by_marker
 
     d = deployment
-    _connected_nodes(d)
-    cfg = _config(
+    connected_nodes(d)
+    cfg = fed_config(
         d,
         rounds=10,
         extra="""
@@ -393,12 +241,12 @@ fraction_evaluate = 0.0
     )
     kit = str(d["kits"] / "coordinator")
     address = f"127.0.0.1:{d['port']}"
-    run = _start(
+    run = start_cli(
         ["run", str(cfg), "--coordinator", address, "--kit", kit], cwd=d["tmp"], env=d["env"]
     )
     d["started"].append(run)
-    _wait_for(run, "round 1:", timeout=300)
-    run_id = re.search(r"MLflow run (\w+)", _output(run))
+    wait_for(run, "round 1:", timeout=300)
+    run_id = re.search(r"MLflow run (\w+)", cli_output(run))
     assert run_id is not None
     from mlflow import MlflowClient
 
@@ -413,7 +261,7 @@ fraction_evaluate = 0.0
     # A crash of the coordinator's machine: every process of it, at once.
     coordinator = d["coordinator"]
     os.killpg(coordinator.pid, signal.SIGKILL)
-    for pid in re.findall(r"pid (\d+)", _output(coordinator)):
+    for pid in re.findall(r"pid (\d+)", cli_output(coordinator)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pid), signal.SIGKILL)
     stop_by_marker("flwr-serverapp", f"127.0.0.1:{d['port']}", grace=10)
@@ -421,9 +269,9 @@ fraction_evaluate = 0.0
     coordinator.wait(timeout=30)
     assert run.wait(timeout=120) != 0  # the submitter sees the run did not complete
 
-    again = _start(["coordinator", "start", "--kit", kit], cwd=d["tmp"], env=d["env"])
+    again = start_cli(["coordinator", "start", "--kit", kit], cwd=d["tmp"], env=d["env"])
     d["started"].append(again)
-    _wait_for(again, "ready", timeout=120)
+    wait_for(again, "ready", timeout=120)
     resumed = run_cli(
         "run",
         str(cfg),
@@ -453,9 +301,9 @@ def test_a_returning_node_takes_part_again_and_gets_the_champion(
     import json
 
     d = deployment
-    nodes = _connected_nodes(d)
+    nodes = connected_nodes(d)
     kit = d["kits"] / "coordinator"
-    cfg = _config(
+    cfg = fed_config(
         d,
         rounds=12,
         extra=f"""
@@ -470,7 +318,7 @@ threshold = 0.3
 signing_key = "{kit / "release.key"}"
 """,
     )
-    run = _start(
+    run = start_cli(
         ["run", str(cfg), "--coordinator", f"127.0.0.1:{d['port']}", "--kit", str(kit)],
         cwd=d["tmp"],
         env=d["env"],
@@ -481,9 +329,9 @@ signing_key = "{kit / "release.key"}"
     _crash(nodes[returning])
     # Round 2 waits (up to its timeout) for the dead node; it comes back meanwhile. Its old
     # session (last heartbeat < 5 s ago) is still open, so the SuperLink refuses it at first.
-    back = _wait_for(_node(d, returning, port=free_port()), "connected:", timeout=90)
+    back = wait_for(start_node(d, returning, port=free_port()), "connected:", timeout=90)
     assert "previous session" in back, back
-    assert run.wait(timeout=600) == 0, _output(run)[-4000:]
+    assert run.wait(timeout=600) == 0, cli_output(run)[-4000:]
 
     from mlflow import MlflowClient
 

@@ -11,7 +11,8 @@ from fakes import client_context, instruction, server_identity
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from federator.client import app as client
-from federator.client.app import REFUSED
+from federator.client.mods import refusing
+from federator.client.wire import ReplyCode
 from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
 from federator.simulations.partition import client_data
@@ -46,7 +47,7 @@ def _msg(
 
 def _handle(kind: str, msg: Message, partition: int = 0, partitions: int = 4) -> Message:
     fn = {"train": client.train, "evaluate": client.evaluate, "query": client.hello}[kind]
-    return client._refusing(fn)(msg, client_context(partition, partitions, 11))
+    return refusing(msg, client_context(partition, partitions, 11), fn)
 
 
 def test_train_returns_updated_weights_count_and_label(plan: FederationPlan) -> None:
@@ -99,8 +100,25 @@ def test_bad_instructions_are_refused(plan: FederationPlan, mutate: Any, reason:
     good = instructions_for(plan).to_config()
     reply = _handle("train", _msg(plan, "train", config=mutate(good)))
     assert reply.has_error()
-    assert reply.error.code == REFUSED
+    assert reply.error.code == ReplyCode.REFUSED
     assert reason in (reply.error.reason or "")
+
+
+def test_the_client_app_itself_applies_the_mods(plan: FederationPlan) -> None:
+    """Flower's ClientApp runs our handlers inside `refusing` and `packed_io`: a refusal is
+    an error reply, and packed arrays come back packed."""
+    from federator.client.packing import is_packed, pack
+
+    app = client.build_client_app()
+    ctx = client_context(0, 4, 11)
+    wrong = ArrayRecord({"0.weight": Array(np.zeros((3, 3), np.float32))})
+    refused = app(_msg(plan, "train", arrays=wrong), ctx)
+    assert refused.has_error()
+    assert refused.error.code == ReplyCode.REFUSED
+    assert "array keys differ" in (refused.error.reason or "")
+    packed = app(_msg(plan, "train", arrays=pack(initial_arrays(plan.task(), 0))), ctx)
+    assert not packed.has_error(), packed.error.reason if packed.has_error() else ""
+    assert is_packed(packed.content.array_records["arrays"])
 
 
 def test_global_model_that_does_not_fit_is_refused(plan: FederationPlan) -> None:

@@ -11,7 +11,8 @@ from fakes import instruction, server_identity
 from flwr.app import Context, Message, RecordDict
 
 from federator.client import app as client
-from federator.client.app import REFUSED
+from federator.client.mods import refusing
+from federator.client.wire import ReplyCode
 from federator.privacy import PrivacyLedger
 from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
@@ -45,7 +46,7 @@ def _train(plan: FederationPlan, node_config: dict[str, Any], rnd: int = 1) -> M
         state=RecordDict(),
         run_config={},
     )
-    return client._refusing(client.train)(msg, ctx)
+    return refusing(msg, ctx, client.train)
 
 
 def test_dp_round_is_recorded_and_reported(dp_plan: FederationPlan, tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_exhausted_budget_refuses_and_records_nothing(
     ledger = tmp_path / "ledger.json"
     reply = _train(dp_plan, {"privacy-ledger": str(ledger), "max-epsilon": 0.01})
     assert reply.has_error()
-    assert reply.error.code == REFUSED
+    assert reply.error.code == ReplyCode.REFUSED
     assert "PrivacyBudgetExhausted" in reply.error.reason
     assert not ledger.exists()
 

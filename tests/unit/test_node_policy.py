@@ -13,6 +13,7 @@ from flwr.app import Context, Message, RecordDict
 
 from federator import ConfigError
 from federator.client import app as client
+from federator.client.mods import refusing
 from federator.client.node_policy import parse_policy
 from federator.server.federation.rounds import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
@@ -46,7 +47,7 @@ def _train(plan: FederationPlan, node_config: dict[str, Any]) -> Message:
         RecordDict({"arrays": initial_arrays(plan.task(), 0), "config": cfg}), node_id=5
     )
     ctx = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
-    return client._refusing(client.train)(msg, ctx)
+    return refusing(msg, ctx, client.train)
 
 
 def test_a_deployed_node_trains_on_its_own_file(plan: FederationPlan, site_data: Path) -> None:

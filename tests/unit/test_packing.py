@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from federator import UpdateRejected
-from federator.client.packing import PACKED, is_packed, pack, pack_content, packed_io, unpack
+from federator.client.mods import packed_io
+from federator.client.packing import PACKED, is_packed, pack, pack_content, unpack
 from federator.server.federation.exchange import UNREADABLE_REPLY, Exchange
 
 
@@ -119,8 +120,8 @@ def test_the_handler_sees_per_layer_arrays_and_answers_packed() -> None:
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     with server_identity():
         msg = instruction(RecordDict({"arrays": pack(_record())}), node_id=1)
-        reply = packed_io(train)(msg, context)
-        plain = packed_io(train)(instruction(RecordDict({"arrays": _record()}), node_id=1), context)
+        reply = packed_io(msg, context, train)
+        plain = packed_io(instruction(RecordDict({"arrays": _record()}), node_id=1), context, train)
     assert seen == [list(_record())] * 2
     assert is_packed(reply.content.array_records["arrays"])  # answered in kind
     assert not is_packed(plain.content.array_records["arrays"])  # simulation: untouched
@@ -136,7 +137,7 @@ def test_the_exchange_unpacks_replies_and_turns_an_unreadable_one_into_an_error(
 
     def good(msg: Message) -> Message:
         on_the_wire.append(list(msg.content.array_records["arrays"]))
-        return packed_io(echo)(msg, Context(1, 1, {}, RecordDict(), {}))
+        return packed_io(msg, Context(1, 1, {}, RecordDict(), {}), echo)
 
     def garbage(msg: Message) -> Message:
         return Message(RecordDict({"arrays": _as_packed(b"not safetensors")}), reply_to=msg)

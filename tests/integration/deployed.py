@@ -1,0 +1,183 @@
+"""A real deployment on 127.0.0.1 for the integration tests: provisioned kits, a running
+coordinator (SuperLink with TLS and node authentication), partner nodes on their own data
+files, and the CLI processes around them — each started in its own session and stopped by
+its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from procs import BIN, child_env, free_port, run_cli
+
+NODES = ("site-a", "site-b", "site-c")
+
+
+def start_cli(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``federator ARGS`` in its own session, output to ``<cwd>/<pid>.out`` (polled by
+    `_wait_for`: a pipe read through Python's buffers can hide lines from select)."""
+    log = cwd / f"cli-{time.monotonic_ns()}.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "federator"), *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def cli_output(proc: subprocess.Popen[str]) -> str:
+    return Path(proc.log).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def wait_for(proc: subprocess.Popen[str], marker: str, *, timeout: float) -> str:
+    """Wait until ``marker`` is in the process's output; fail with the output otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in (seen := cli_output(proc)):
+            return seen
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"{marker!r} not seen (exit {proc.poll()}):\n{cli_output(proc)}")
+
+
+def stop_cli(proc: subprocess.Popen[str], *, grace: float = 40) -> int:
+    """SIGTERM the process (our CLI stops its Flower children), wait, then check the whole
+    process group is gone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            pytest.fail(f"pid {proc.pid} did not stop on SIGTERM")
+    return proc.returncode
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Provisioned kits, a running coordinator, node data files. Stops everything after."""
+    from sklearn.datasets import load_digits
+
+    port = free_port()
+    fed_file = tmp_path / "federation.toml"
+    fed_file.write_text(
+        f'[federation]\nname = "e2e-deploy"\ncoordinator = "127.0.0.1:{port}"\n'
+        + "".join(f'[[nodes]]\nname = "{n}"\n' for n in NODES)
+    )
+    env = child_env(PYTHONUNBUFFERED="1")
+    provisioned = run_cli("provision", str(fed_file), "--out", str(tmp_path / "kits"), cwd=tmp_path)
+    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+    kits = tmp_path / "kits"
+    digits = load_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target
+    data = {}
+    for i, name in enumerate(NODES):
+        data[name] = tmp_path / f"{name}.npz"
+        np.savez(data[name], x=x[i * 400 : (i + 1) * 400], y=y[i * 400 : (i + 1) * 400])
+    coordinator = start_cli(
+        ["coordinator", "start", "--kit", str(kits / "coordinator")], cwd=tmp_path, env=env
+    )
+    started: list[subprocess.Popen[str]] = [coordinator]
+    try:
+        wait_for(coordinator, "ready", timeout=120)
+        yield {
+            "tmp": tmp_path,
+            "kits": kits,
+            "port": port,
+            "data": data,
+            "env": env,
+            "started": started,
+            "coordinator": coordinator,
+        }
+    finally:
+        for proc in reversed(started):
+            stop_cli(proc)
+        for proc in started:
+            assert group_members(proc.pid) == [], f"processes left behind by pid {proc.pid}"
+
+
+def start_node(
+    d: dict[str, Any], name: str, *, port: int, stock: bool = False
+) -> subprocess.Popen[str]:
+    proc = start_cli(
+        [
+            "node",
+            "start",
+            "--kit",
+            str(d["kits"] / "nodes" / name),
+            "--data",
+            str(d["data"][name]),
+            "--port",
+            str(port),
+            "--connect-timeout",
+            "60",
+            *(["--stock-flower"] if stock else []),
+        ],
+        cwd=d["tmp"],
+        env=d["env"],
+    )
+    d["started"].append(proc)
+    return proc
+
+
+def connected_nodes(d: dict[str, Any], *, stock: bool = False) -> dict[str, subprocess.Popen[str]]:
+    """Every partner node started, each on its own port, and admitted by the SuperLink."""
+    nodes = {name: start_node(d, name, port=free_port(), stock=stock) for name in NODES}
+    for proc in nodes.values():
+        wait_for(proc, "connected:", timeout=90)
+    return nodes
+
+
+def fed_config(d: dict[str, Any], *, rounds: int, extra: str) -> Path:
+    """The test federation (digits-mlp on the 3 nodes, MLflow in the test's directory) with
+    ``extra`` TOML sections."""
+    cfg = d["tmp"] / "fed.toml"
+    cfg.write_text(
+        f"""
+[federation]
+name = "e2e-deploy"
+rounds = {rounds}
+seed = 5
+[task]
+name = "digits-mlp"
+[data]
+clients = 3
+[tracking]
+runs_dir = "{d["tmp"] / "runs"}"
+"""
+        + extra
+    )
+    return cfg
+
+
+def eval_list(tag: str) -> list[str]:
+    import json
+
+    return list(json.loads(tag))
