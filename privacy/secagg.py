@@ -24,12 +24,14 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import (
     FitIns,
+    FitRes,
     Scalar,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
 from flwr.server import LegacyContext
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
@@ -141,18 +143,6 @@ def run_secagg_round(
     proxies = [GridClientProxy(node_id=n, grid=grid, run_id=grid.run.run_id) for n in node_ids]
     fitins = FitIns(ndarrays_to_parameters(list(arrays)), full_config)
     strategy = OneRound(proxies, fitins)
-    context = LegacyContext(
-        Context(
-            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
-        ),
-        strategy=strategy,
-    )
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-        {WorkflowKey.CURRENT_ROUND: server_round}
-    )
-    context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
-        fitins.parameters, keep_input=True
-    )
     protocol = workflow(
         num_shares=params.num_shares,
         reconstruction_threshold=params.reconstruction_threshold,
@@ -165,11 +155,10 @@ def run_secagg_round(
     stage_grid = StageGrid(grid, exchange, params.timeout)
     error: str | None = None
     try:
-        protocol(stage_grid, context)
+        protocol(stage_grid, _legacy_context(grid, strategy, fitins, server_round=server_round))
     except (ValueError, KeyError, TypeError, IndexError) as err:  # a client broke the protocol
         error = f"secure aggregation failed in stage {stage_grid.stage}: {err!r}"
     results = strategy.results if error is None else None
-    dropped = {n: r for n, r in stage_grid.dropped.items() if n not in stage_grid.masked}
     if not results:
         answered = len(node_ids) - len(stage_grid.dropped)
         return SecAggResult(
@@ -178,6 +167,31 @@ def run_secagg_round(
             dropped=stage_grid.dropped,
             abort_reason=error or _abort_reason(stage_grid.stage, answered, len(node_ids), params),
         )
+    return _aggregated(results, stage_grid)
+
+
+def _legacy_context(
+    grid: Grid, strategy: OneRound, fitins: FitIns, *, server_round: int
+) -> LegacyContext:
+    """The legacy context Flower's workflow reads: the round number and the global model."""
+    context = LegacyContext(
+        Context(
+            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        ),
+        strategy=strategy,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: server_round}
+    )
+    context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
+        fitins.parameters, keep_input=True
+    )
+    return context
+
+
+def _aggregated(results: list[tuple[ClientProxy, FitRes]], stage_grid: StageGrid) -> SecAggResult:
+    """The unmasked mean and who contributed to it (a node that dropped after sending its
+    masked vector still counts: its vector is in the sum)."""
     mean = tuple(parameters_to_ndarrays(results[0][1].parameters))
     survivors = tuple(
         sorted(
@@ -193,6 +207,7 @@ def run_secagg_round(
             key=lambda s: s.node_id,
         )
     )
+    dropped = {n: r for n, r in stage_grid.dropped.items() if n not in stage_grid.masked}
     return SecAggResult(mean=mean, survivors=survivors, dropped=dropped)
 
 

@@ -7,11 +7,13 @@ its own partition. ``flwr run .`` from a checkout uses the very same apps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from federator import FederationFailed, FederationInterrupted, FederatorError
 
@@ -104,33 +106,16 @@ def simulate(
     from federator.server.federation.app import RunHandle, build_server_app
 
     client_app = build_client_app(simulated=nodes or simulated_nodes(plan))
-    res = resources or SimulationResources()
     handle = RunHandle()
     server_app = build_server_app(plan, display=display, handle=handle, resume=resume)
-    backend_config = {
-        "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": res.total_cpus,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "logging_level": logging.WARNING,
-            "log_to_driver": verbose,
-        },
-    }
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    notice_filter = _DropRunSimulationNotice()
-    flwr_logger.addFilter(notice_filter)
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with _flower_logging(verbose=verbose), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # Ray's accelerator-env tip
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=plan.data.clients,
-                backend_config=backend_config,  # type: ignore[arg-type]
+                backend_config=_backend_config(resources or SimulationResources(), verbose),
                 verbose_logging=verbose,
             )
     except KeyboardInterrupt:
@@ -141,9 +126,6 @@ def simulate(
         if isinstance(handle.error, FederatorError):
             raise handle.error from None
         raise FederationInterrupted("the federation was interrupted") from None
-    finally:
-        flwr_logger.setLevel(level)
-        flwr_logger.removeFilter(notice_filter)
     if handle.summary is None:
         if isinstance(handle.error, FederatorError):
             raise handle.error
@@ -151,3 +133,33 @@ def simulate(
             "the simulation ended without finishing the federation (see the log above)"
         )
     return handle.summary
+
+
+def _backend_config(res: SimulationResources, verbose: bool) -> Any:
+    """Ray's settings: CPUs per client and in all, no GPU, no dashboard."""
+    return {
+        "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": res.total_cpus,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": verbose,
+        },
+    }
+
+
+@contextlib.contextmanager
+def _flower_logging(*, verbose: bool) -> Iterator[None]:
+    """Flower's logger without its deprecation notice (and, unless verbose, warnings only)."""
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    notice_filter = _DropRunSimulationNotice()
+    flwr_logger.addFilter(notice_filter)
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        flwr_logger.setLevel(level)
+        flwr_logger.removeFilter(notice_filter)

@@ -208,20 +208,11 @@ def run(pull_interval: float) -> None:
     """Flower's ``flower_supernode()`` and ``start_client_internal`` (process isolation), with
     our pull loop; runs until the process is signalled."""
     from flwr.common.constant import ISOLATION_MODE_PROCESS
-    from flwr.supercore import log
-    from flwr.supercore.exit import ExitCode, add_exit_handler, flwr_exit, register_signal_handlers
+    from flwr.supercore.exit import ExitCode, flwr_exit
     from flwr.supercore.object_store import ObjectStoreFactory
-    from flwr.supercore.telemetry import EventType
-    from flwr.supernode.cli.flower_supernode import (
-        _parse_supernode_lifespan_config,
-        _start_supernode_http_api,
-    )
+    from flwr.supernode.cli.flower_supernode import _parse_supernode_lifespan_config
     from flwr.supernode.nodestate import NodeStateFactory
-    from flwr.supernode.start_client_internal import (
-        _init_connection,
-        _pull_and_store_message,
-        _push_messages,
-    )
+    from flwr.supernode.start_client_internal import _init_connection
 
     config = _parse_supernode_lifespan_config()
     if config.isolation != ISOLATION_MODE_PROCESS:
@@ -233,6 +224,32 @@ def run(pull_interval: float) -> None:
         )
     object_store_factory = ObjectStoreFactory()
     state_factory = NodeStateFactory(objectstore_factory=object_store_factory)
+    _serve_runtime_api(config, state_factory)
+    state = state_factory.state()
+    use_heartbeat_interval(HEARTBEAT_INTERVAL)
+    with _init_connection(
+        server_address=config.server_address,
+        insecure=config.insecure,
+        root_certificates=config.root_certificates,
+        authentication_keys=config.authentication_keys,
+        max_retries=config.max_retries,
+        max_wait_time=config.max_wait_time,
+    ) as conn:
+        _pull_loop(
+            conn,
+            config,
+            state=state,
+            store=object_store_factory.store(),
+            pull_interval=pull_interval,
+        )
+
+
+def _serve_runtime_api(config: Any, state_factory: Any) -> None:
+    """Flower's SuperNode HTTP API (what the executor and ClientApps talk to), stopped on exit."""
+    from flwr.supercore.exit import add_exit_handler, register_signal_handlers
+    from flwr.supercore.telemetry import EventType
+    from flwr.supernode.cli.flower_supernode import _start_supernode_http_api
+
     http_server, http_thread = _start_supernode_http_api(config, state_factory)
 
     def stop_http_server() -> None:
@@ -246,45 +263,43 @@ def run(pull_interval: float) -> None:
         exit_message="SuperNode terminated gracefully.",
         grpc_servers=[],
     )
-    state = state_factory.state()
-    store = object_store_factory.store()
-    use_heartbeat_interval(HEARTBEAT_INTERVAL)
-    with _init_connection(
-        server_address=config.server_address,
-        insecure=config.insecure,
-        root_certificates=config.root_certificates,
-        authentication_keys=config.authentication_keys,
-        max_retries=config.max_retries,
-        max_wait_time=config.max_wait_time,
-    ) as conn:
-        node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
-        state.set_node_id(node_id)
-        log(INFO, "SuperNode ID: %s (pulling every %.2f s)", node_id, pull_interval)
-        pull_object = patient(pull_object)
-        while True:
-            view = _TaskAfterContents(state)
-            run_id = _pull_and_store_message(
-                state=cast("NodeState", view),
-                object_store=store,
-                node_config=config.node_config,
-                receive=receive,
-                get_run=get_run,
-                get_fab=get_fab,
-                pull_object=pull_object,
-                confirm_message_received=confirm,
-                trusted_entities=config.trusted_entities,
-            )
-            if run_id is None:
-                time.sleep(pull_interval)
-                continue
-            view.release()  # the message and its contents are stored: the ClientApp may start
-            replies = wait_for_replies(state, store)
-            _push_messages(
-                state=cast("NodeState", _Prefetched(state, replies)),
-                object_store=store,
-                send=send,
-                push_object=push_object,
-            )
+
+
+def _pull_loop(
+    conn: Any, config: Any, *, state: NodeState, store: ObjectStore, pull_interval: float
+) -> None:
+    """Pull a message, start its ClientApp once it is whole, hand on the reply; forever."""
+    from flwr.supercore import log
+    from flwr.supernode.start_client_internal import _pull_and_store_message, _push_messages
+
+    node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+    state.set_node_id(node_id)
+    log(INFO, "SuperNode ID: %s (pulling every %.2f s)", node_id, pull_interval)
+    pull_object = patient(pull_object)
+    while True:
+        view = _TaskAfterContents(state)
+        run_id = _pull_and_store_message(
+            state=cast("NodeState", view),
+            object_store=store,
+            node_config=config.node_config,
+            receive=receive,
+            get_run=get_run,
+            get_fab=get_fab,
+            pull_object=pull_object,
+            confirm_message_received=confirm,
+            trusted_entities=config.trusted_entities,
+        )
+        if run_id is None:
+            time.sleep(pull_interval)
+            continue
+        view.release()  # the message and its contents are stored: the ClientApp may start
+        replies = wait_for_replies(state, store)
+        _push_messages(
+            state=cast("NodeState", _Prefetched(state, replies)),
+            object_store=store,
+            send=send,
+            push_object=push_object,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
