@@ -6,13 +6,17 @@ Registered on the ``federator node`` command group by `federator.client.cli`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from federator.client._flwr_compat import PULL_INTERVAL
+from federator.client._flwr_compat import PULL_INTERVAL, NodeRuntime
+
+if TYPE_CHECKING:
+    from federator.client.kit import NodeKit
+    from federator.client.supernode import NodeStart, RunningNode
 
 out = Console()
 
@@ -60,7 +64,6 @@ def node_start(
     ] = 120.0,
 ) -> None:
     """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
-    from federator.client._flwr_compat import NodeRuntime
     from federator.client.actions import run_action
     from federator.client.kit import load_node_kit
     from federator.client.processes import supervise
@@ -80,21 +83,17 @@ def node_start(
             pull_interval=pull_interval,
             runtime=NodeRuntime.STOCK if stock_flower else NodeRuntime.FEDERATOR,
         )
-        table = Table(title=f"Node {node_kit.node!r}", show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column()
-        table.add_row("federation", node_kit.federation)
-        table.add_row("coordinator", superlink or node_kit.coordinator)
-        table.add_row("data", f"{data} — {found.examples} examples of shape {found.example_shape}")
-        table.add_row("policy", str(policy) if policy else "none (any run; no privacy limit)")
-        table.add_row("state", f"{folder} (ledger, models, supernode.log)")
-        table.add_row(
-            "SuperNode",
-            f"pid {node.supernode.pid}, asks for work every {node.pull_interval:g} s"
-            + (" (stock Flower)" if stock_flower else ""),
+        out.print(
+            _start_table(
+                node_kit,
+                node,
+                data=data,
+                found=found,
+                policy=policy,
+                state=folder,
+                superlink=superlink,
+            )
         )
-        table.add_row("ClientApp executor", f"pid {node.executor.pid}")
-        out.print(table)
         out.print(f"connecting to {superlink or node_kit.coordinator} …")
         out.file.flush()
         node = admit(node, timeout=connect_timeout, on_retry=lambda why: out.print(f"… {why}"))
@@ -104,6 +103,37 @@ def node_start(
         out.print("node stopped")
 
     run_action(go)
+
+
+def _start_table(
+    kit: NodeKit,
+    node: RunningNode,
+    *,
+    data: Path,
+    found: NodeStart,
+    policy: Path | None,
+    state: Path,
+    superlink: str | None,
+) -> Table:
+    """What the node checked and started, before it connects."""
+    table = Table(title=f"Node {kit.node!r}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    stock = " (stock Flower)" if node.runtime is NodeRuntime.STOCK else ""
+    for row in (
+        ("federation", kit.federation),
+        ("coordinator", superlink or kit.coordinator),
+        ("data", f"{data} — {found.examples} examples of shape {found.example_shape}"),
+        ("policy", str(policy) if policy else "none (any run; no privacy limit)"),
+        ("state", f"{state} (ledger, models, supernode.log)"),
+        (
+            "SuperNode",
+            f"pid {node.supernode.pid}, asks for work every {node.pull_interval:g} s{stock}",
+        ),
+        ("ClientApp executor", f"pid {node.executor.pid}"),
+    ):
+        table.add_row(*row)
+    return table
 
 
 __all__ = ["node_start"]

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -30,6 +30,12 @@ from federator.client.cli import keys_app, node_app
 from federator.server.cli.coordinator import register as register_coordinator
 from federator.server.cli.deploy import register as register_deploy
 from federator.server.plan.overrides import Override, parse_override
+
+if TYPE_CHECKING:
+    from federator.server.plan import FederationPlan
+    from federator.server.plan.datacheck import DataReport
+
+Row = tuple[str, str]  # a label and its text in the plan table
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -121,79 +127,96 @@ def _import_path_for(config: str) -> None:
 def _plan_table(plan_ref: str, overrides: list[Override]) -> Table:
     from federator.server.plan import load_plan
     from federator.server.plan.datacheck import check_data
-    from federator.server.plan.privacy import describe_privacy
 
     plan = load_plan(plan_ref, overrides=overrides)
     report = check_data(plan)
-    s, d, t, g, tr = plan.strategy, plan.data, plan.training, plan.gate, plan.tracking
     table = Table(
         title=f"Plan for federation {plan.name!r}", show_header=False, title_justify="left"
     )
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("source", f"{plan.source} (config hash {plan.config_hash[:12]})")
-    table.add_row(
-        "task",
-        f"{plan.task_ref}: dataset {d.dataset} — {report.examples} examples "
-        f"of shape {report.example_shape}, {report.classes} classes",
-    )
+    trains = sorted(size for size, _ in report.client_sizes)
+    for row in (*_data_rows(plan, report, trains), *_round_rows(plan, trains)):
+        table.add_row(*row)
+    return table
+
+
+def _data_rows(plan: FederationPlan, report: DataReport, trains: list[int]) -> list[Row]:
+    """Where the plan comes from, its task, and how the data is split."""
+    d = plan.data
     split = {
         "iid": "IID",
         "dirichlet": f"Dirichlet α={d.alpha}",
         "shards": f"{d.shards_per_client} label shards per client",
     }[d.partitioner.value]
-    trains = sorted(tr_ for tr_, _ in report.client_sizes)
-    table.add_row(
-        "data split",
-        f"{split} over {d.clients} clients; server hold-out "
-        f"{report.holdout} examples; client train sizes min "
-        f"{trains[0]}, median {trains[len(trains) // 2]}, max "
-        f"{trains[-1]}; {d.client_val_fraction:.0%} of each kept for "
-        "client validation",
-    )
+    return [
+        ("source", f"{plan.source} (config hash {plan.config_hash[:12]})"),
+        (
+            "task",
+            f"{plan.task_ref}: dataset {d.dataset} — {report.examples} examples "
+            f"of shape {report.example_shape}, {report.classes} classes",
+        ),
+        (
+            "data split",
+            f"{split} over {d.clients} clients; server hold-out "
+            f"{report.holdout} examples; client train sizes min "
+            f"{trains[0]}, median {trains[len(trains) // 2]}, max "
+            f"{trains[-1]}; {d.client_val_fraction:.0%} of each kept for "
+            "client validation",
+        ),
+    ]
+
+
+def _round_rows(plan: FederationPlan, trains: list[int]) -> list[Row]:
+    """What each round does: strategy, sampling, training, privacy, gate, tracking."""
+    from federator.server.plan.privacy import describe_privacy
+
+    s, t, g, tr = plan.strategy, plan.training, plan.gate, plan.tracking
     params = s.params.model_dump()
-    table.add_row("strategy", f"{s.name} {params if params else ''} — {s.spec.paper}")
-    table.add_row(
-        "sampling",
-        f"{s.train_nodes_per_round} clients train and "
-        f"{s.evaluate_nodes_per_round} evaluate per round; a round needs "
-        f"≥ {s.min_replies} good update(s); timeout {s.round_timeout:.0f} s"
-        + (f" ({profile} profile)" if (profile := plan.resolved["deployment"]["profile"]) else ""),
-    )
+    profile = plan.resolved["deployment"]["profile"]
     extra = f" momentum {t.momentum}" if t.momentum else ""
-    table.add_row(
-        "training",
-        f"{t.epochs} epoch(s), batch {t.batch_size}, "
-        f"{t.optimizer.value} lr {t.lr}{extra}, weight decay "
-        f"{t.weight_decay}" + (f", FedProx μ {t.proximal_mu}" if t.proximal_mu else ""),
-    )
     privacy = describe_privacy(
         plan.privacy,
         typical_examples=trains[len(trains) // 2],
         batch_size=t.batch_size,
         epochs=t.epochs,
     )
-    table.add_row("privacy", "\n".join(privacy))
-    table.add_row("rounds", f"{plan.rounds} (seed {plan.seed})")
     op = "≥" if g.metric.value == "accuracy" else "≤"
     spread = (
         f"; per-client accuracy spread ≤ {g.max_client_spread}"
         if g.max_client_spread is not None
         else "; client spread not checked"
     )
-    table.add_row(
-        "gate",
-        f"{g.metric.value} {op} {g.threshold}; at most {g.max_regression} "
-        f"worse than the champion{spread}",
-    )
-    table.add_row(
-        "tracking",
-        f"{tr.uri}"
-        + (f" (artifacts in {tr.artifact_location})" if tr.artifact_location else "")
-        + f"; experiment {tr.experiment!r}; registered model "
-        f"{tr.registered_model!r}; at most {tr.max_unsaved_rounds} round(s) unsaved",
-    )
-    return table
+    return [
+        ("strategy", f"{s.name} {params if params else ''} — {s.spec.paper}"),
+        (
+            "sampling",
+            f"{s.train_nodes_per_round} clients train and "
+            f"{s.evaluate_nodes_per_round} evaluate per round; a round needs "
+            f"≥ {s.min_replies} good update(s); timeout {s.round_timeout:.0f} s"
+            + (f" ({profile} profile)" if profile else ""),
+        ),
+        (
+            "training",
+            f"{t.epochs} epoch(s), batch {t.batch_size}, "
+            f"{t.optimizer.value} lr {t.lr}{extra}, weight decay "
+            f"{t.weight_decay}" + (f", FedProx μ {t.proximal_mu}" if t.proximal_mu else ""),
+        ),
+        ("privacy", "\n".join(privacy)),
+        ("rounds", f"{plan.rounds} (seed {plan.seed})"),
+        (
+            "gate",
+            f"{g.metric.value} {op} {g.threshold}; at most {g.max_regression} "
+            f"worse than the champion{spread}",
+        ),
+        (
+            "tracking",
+            f"{tr.uri}"
+            + (f" (artifacts in {tr.artifact_location})" if tr.artifact_location else "")
+            + f"; experiment {tr.experiment!r}; registered model "
+            f"{tr.registered_model!r}; at most {tr.max_unsaved_rounds} round(s) unsaved",
+        ),
+    ]
 
 
 @app.command()

@@ -77,13 +77,7 @@ def submit_run(
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
-    run_config = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
-    if resume:
-        if not resume.isalnum():
-            raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
-        run_config += f" {RESUME_KEY}='{resume}'"
-    if stock_flower:
-        run_config += f" {STOCK_FLOWER_KEY}=true"
+    run_config = run_config_text(raw, resume=resume, stock_flower=stock_flower)
     argv = [
         flower_command("flwr"),
         "run",
@@ -110,6 +104,19 @@ def submit_run(
     if run_id is None:
         raise DeploymentError(f"the coordinator did not accept the run (flwr exit {code})")
     return run_status(run_id, home=home, federation=federation)
+
+
+def run_config_text(raw: dict[str, Any], *, resume: str | None, stock_flower: bool) -> str:
+    """The ``--run-config`` text for ``flwr run``: every key must be declared in the App's
+    pyproject (``flwr_app/pyproject.toml``), or the SuperLink refuses the run."""
+    text = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
+    if resume:
+        if not resume.isalnum():
+            raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
+        text += f" {RESUME_KEY}='{resume}'"
+    if stock_flower:
+        text += f" {STOCK_FLOWER_KEY}=true"
+    return text
 
 
 def run_status(run_id: str, *, home: Path, federation: str) -> str:

@@ -104,16 +104,40 @@ def run_federation(
         _record_failure(err, tracking=tracking, display=display)
         raise
     display.stop()
+    summary = _finish(
+        plan,
+        federation=federation,
+        outcomes=outcomes,
+        tracking=tracking,
+        releases=releases,
+        display=display,
+        started=t0,
+    )
+    display.summary(summary)
+    return summary
+
+
+def _finish(
+    plan: FederationPlan,
+    *,
+    federation: Federation,
+    outcomes: list[RoundOutcome],
+    tracking: MlflowTracking,
+    releases: ReleaseService | None,
+    display: Display,
+    started: float,
+) -> FederationSummary:
+    """Drain MLflow's writes, send the last champion, end the run; the federation's summary."""
     if releases is not None:
         # The last champion may have been committed after the last round: send it now.
         tracking.drain(on_wait=display.saving)
         releases.deliver()
     report = tracking.finish(on_wait=display.saving, stop_reason=federation.stop_reason)
     champion = federation.gate.champion
-    summary = FederationSummary(
+    return FederationSummary(
         plan=plan,
         outcomes=outcomes,
-        duration=time.monotonic() - t0,
+        duration=time.monotonic() - started,
         run_id=report.run_id,
         versions=report.versions,
         champion_round=champion.round if champion else None,
@@ -122,8 +146,6 @@ def run_federation(
         stop_reason=federation.stop_reason,
         durability=report.durability,
     )
-    display.summary(summary)
-    return summary
 
 
 def _resume(

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from rich.console import Console
 from rich.table import Table
 
@@ -59,9 +60,12 @@ class Stamped(Strategy):
         return self.inner.aggregate_evaluate(server_round, replies)
 
 
-def bare_flower_apps(plan: FederationPlan, stamps: list[float]) -> tuple[ServerApp, ClientApp]:
+def bare_flower_apps(
+    plan: FederationPlan, stamps: list[float], *, poll: float | None = None
+) -> tuple[ServerApp, ClientApp]:
     """Plain Flower: FedAvg's own ``start`` loop and a ClientApp running the same task code on
-    the same partitions — without screening, server-side evaluation, gate or MLflow."""
+    the same partitions — without screening, server-side evaluation, gate or MLflow.
+    ``poll``: seconds between the ServerApp's pulls for replies (None: Flower's 0.1 s)."""
     task, settings, spec = plan.task(), plan.training, plan.data
     n = spec.clients
 
@@ -110,6 +114,8 @@ def bare_flower_apps(plan: FederationPlan, stamps: list[float]) -> tuple[ServerA
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        if poll is not None and isinstance(grid, InMemoryGrid):
+            grid.pull_interval = poll
         # min_* = n: like Federator, wait for every node before sampling round 1.
         strategy = Stamped(
             FedAvg(min_available_nodes=n, min_train_nodes=n, min_evaluate_nodes=n), stamps

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from federator.server.federation.exchange import SIMULATION_POLL
 from federator.server.plan import (
     FederationPlan,
     build_plan,
@@ -66,7 +67,9 @@ def _bare(plan: FederationPlan) -> dict[str, object]:
     from flwr.simulation import run_simulation
 
     stamps: list[float] = []
-    server, client = bare_flower_apps(plan, stamps)
+    # Both variants pull replies as often (Federator's simulation poll): a round's time is
+    # then not rounded up to Flower's 0.1 s pull steps, differently in each variant.
+    server, client = bare_flower_apps(plan, stamps, poll=SIMULATION_POLL)
     t0 = time.monotonic()
     run_simulation(
         server_app=server,

@@ -13,9 +13,10 @@ from federator.server.deploy.submit import (
     SUBMITTED_KEY,
     decode_config,
     encode_config,
+    run_config_text,
     submitted_config,
 )
-from federator.server.federation.app import _plan_from, _resume_from
+from federator.server.federation.app import _compat_from, _plan_from, _resume_from
 from federator.server.plan.overrides import parse_override
 
 CONFIG = """
@@ -67,3 +68,27 @@ def test_a_bad_config_is_refused_before_anything_is_sent(tmp_path: Path) -> None
     path.write_text(CONFIG.replace("clients = 3", "clients = 0"))
     with pytest.raises(ConfigError, match="data.clients"):
         submitted_config(path)
+
+
+@pytest.mark.parametrize(("resume", "stock"), [(None, False), ("abc123", True)])
+def test_the_run_config_is_one_flower_accepts_for_our_app(
+    tmp_path: Path, resume: str | None, stock: bool
+) -> None:
+    """Parsed and fused as the SuperLink does (flwr's own functions, the App's own declared
+    config): an undeclared key would be refused as an invalid run configuration."""
+    from flwr.common.config import flatten_dict, fuse_dicts, get_project_config, parse_config_args
+
+    from federator.server.deploy.submit import APP_DIR
+
+    path = tmp_path / "fed.toml"
+    path.write_text(CONFIG)
+    _, raw = submitted_config(path)
+    text = run_config_text(raw, resume=resume, stock_flower=stock)
+    declared = flatten_dict(get_project_config(APP_DIR)["tool"]["flwr"]["app"]["config"])
+    fused = fuse_dicts(declared, parse_config_args([text]))
+    context = _context(fused)  # type: ignore[arg-type]
+    assert _plan_from(context).name == "sub"
+    assert _resume_from(context) == resume
+    assert _compat_from(context).stock is stock
+    with pytest.raises(ValueError, match="not present"):
+        fuse_dicts(declared, parse_config_args(["undeclared-key=true"]))
