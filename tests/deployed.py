@@ -181,3 +181,48 @@ def eval_list(tag: str) -> list[str]:
     import json
 
     return list(json.loads(tag))
+
+
+def released_run(d: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:
+    """A 2-round federation with signed releases, submitted with ``federator run … flags``;
+    asserts it finished."""
+    kit = d["kits"] / "coordinator"
+    cfg = fed_config(
+        d,
+        rounds=2,
+        extra=f"""
+[training]
+epochs = 2
+lr = 0.1
+momentum = 0.9
+[gate]
+threshold = 0.3
+[release]
+signing_key = "{kit / "release.key"}"
+""",
+    )
+    address = f"127.0.0.1:{d['port']}"
+    result = run_cli(
+        "run", str(cfg), "--coordinator", address, "--kit", str(kit), *flags,
+        cwd=d["tmp"], env=d["env"], timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Federation 'e2e-deploy' finished" in result.stdout, result.stdout[-6000:]
+    return result
+
+
+def champion_on_every_node(d: dict[str, Any]) -> list[Any]:
+    """The run's model versions (one per round, 1 and 2), after checking that every node
+    installed the champion."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'e2e-deploy'")
+    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2]
+    champion = client.get_registered_model("e2e-deploy").aliases["champion"]
+    for name in NODES:
+        current = d["kits"] / "nodes" / name / "state" / "models" / "current"
+        assert current.is_symlink(), f"{name} installed no release"
+        assert Path(os.readlink(current)).name == str(champion)
+    return list(versions)

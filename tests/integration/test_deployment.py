@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from deployed import (
     NODES,
+    champion_on_every_node,
     cli_output,
     connected_nodes,
     deployment,
     eval_list,
     fed_config,
+    released_run,
     start_cli,
     start_node,
     wait_for,
@@ -35,50 +37,13 @@ __all__ = ["deployment"]  # the fixture, imported for pytest
 def test_three_nodes_with_tls_and_auth_run_a_federation(deployment: dict[str, Any]) -> None:
     d = deployment
     connected_nodes(d)
-    coordinator_kit = d["kits"] / "coordinator"
-    cfg = fed_config(
-        d,
-        rounds=2,
-        extra=f"""
-[training]
-epochs = 2
-lr = 0.1
-momentum = 0.9
-[gate]
-threshold = 0.3
-[release]
-signing_key = "{coordinator_kit / "release.key"}"
-""",
-    )
-    result = run_cli(
-        "run",
-        str(cfg),
-        "--coordinator",
-        f"127.0.0.1:{d['port']}",
-        "--kit",
-        str(coordinator_kit),
-        cwd=d["tmp"],
-        env=d["env"],
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "Federation 'e2e-deploy' finished" in result.stdout, result.stdout[-6000:]
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{d['tmp'] / 'runs' / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    versions = client.search_model_versions("name = 'e2e-deploy'")
-    assert sorted(int(v.tags["federator.round"]) for v in versions) == [1, 2]
+    released_run(d)
+    versions = champion_on_every_node(d)
     for v in versions:
         assert sorted(eval_list(v.tags["federator.participants"])) == sorted(
             eval_list(versions[0].tags["federator.participants"])
         )
         assert len(eval_list(v.tags["federator.participants"])) == 3
-    champion = client.get_registered_model("e2e-deploy").aliases["champion"]
-    for name in NODES:
-        current = d["kits"] / "nodes" / name / "state" / "models" / "current"
-        assert current.is_symlink(), f"{name} installed no release"
-        assert Path(os.readlink(current)).name == str(champion)
 
 
 def test_unregistered_key_and_plaintext_are_refused(deployment: dict[str, Any]) -> None:
