@@ -81,6 +81,14 @@ class ModelExporter:
             start_new_session=True,  # its own session, hence its own autogroup
         )
 
+    def start(self) -> None:
+        """Start the child now, so that its start-up (importing torch and MLflow, warming
+        up torch.export: seconds of CPU) is over before the first round, not spread over
+        the first rounds at the lowest priority."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+
     def export(self, *, task_ref: str, weights: Path, example: Path, out: Path) -> Path:
         """Write the MLflow pytorch model for ``weights`` into ``out``. Blocks the calling
         thread (not the process) until the child answers."""
@@ -171,6 +179,7 @@ class FlavourExports:
         self._failures: list[FlavourFailure] = []
         self._abandoned = threading.Event()
         self._worker = OrderedWorker("federator-export")
+        self._worker.submit("start the export process", exporter.start)
 
     def add(self, job: FlavourJob) -> None:
         self._worker.submit(f"export version {job.version}", lambda: self._run(job))

@@ -34,10 +34,27 @@ def _export(job: dict[str, Any]) -> str:
     return str(job["out"])
 
 
-def _serve(requests: IO[str], answers: IO[str]) -> None:
+def _warm_up() -> None:
+    """Import what an export needs and run torch.export once on a tiny model, at normal
+    priority: the first real export then costs tens of milliseconds, not seconds."""
+    import tempfile
+
+    import mlflow.pytorch
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        mlflow.pytorch.save_model(
+            torch.nn.Linear(2, 1),
+            f"{tmp}/model",
+            input_example=np.zeros((1, 2), np.float32),
+            serialization_format="pt2",
+            pip_requirements=["torch"],
+        )
+
+
+def _serve(requests: IO[str], answers: IO[str]) -> None:
     for line in requests:
         job = json.loads(line)
         try:
@@ -49,6 +66,7 @@ def _serve(requests: IO[str], answers: IO[str]) -> None:
 
 
 if __name__ == "__main__":
+    _warm_up()
     lowest_priority()
     # Keep the protocol channel clean: anything libraries print goes to stderr.
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
