@@ -25,6 +25,7 @@ from rich.table import Table
 from federator.server.federation.events import FederationStarted, FederationSummary, RoundOutcome
 from federator.server.federation.rounds import initial_arrays
 from federator.server.plan import FederationPlan
+from federator.simulations.bench._cpu import CpuStamps
 from federator.simulations.partition import client_data
 
 
@@ -132,7 +133,7 @@ class StampDisplay:
     """A silent display that records when the federation starts and each round ends."""
 
     def __init__(self) -> None:
-        self.stamps: list[float] = []
+        self.stamps: CpuStamps = CpuStamps()
         self.outcomes: list[RoundOutcome] = []
         self.finished: float | None = None
         self.result: FederationSummary | None = None

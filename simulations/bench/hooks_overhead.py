@@ -49,6 +49,7 @@ from federator.simulations.bench._common import (
     run_variant,
     steady,
 )
+from federator.simulations.bench._cpu import ROLES, CpuStamps, per_round
 
 MODULE = "federator.simulations.bench.hooks_overhead"
 BUNDLED = ("demo", "digits-robust", "mnist-cnn", "mnist-dp")
@@ -66,7 +67,7 @@ def _plan(rounds: int, runs_dir: Path) -> FederationPlan:
 def _bare(plan: FederationPlan) -> dict[str, object]:
     from flwr.simulation import run_simulation
 
-    stamps: list[float] = []
+    stamps = CpuStamps()
     # Both variants pull replies as often (Federator's simulation poll): a round's time is
     # then not rounded up to Flower's 0.1 s pull steps, differently in each variant.
     server, client = bare_flower_apps(plan, stamps, poll=SIMULATION_POLL)
@@ -77,7 +78,11 @@ def _bare(plan: FederationPlan) -> dict[str, object]:
         num_supernodes=plan.data.clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
-    return {"round_times": round_times(stamps), "total": time.monotonic() - t0}
+    return {
+        "round_times": round_times(stamps),
+        "total": time.monotonic() - t0,
+        "cpu": per_round(stamps.cpu),
+    }
 
 
 def _federator(plan: FederationPlan) -> dict[str, object]:
@@ -91,6 +96,7 @@ def _federator(plan: FederationPlan) -> dict[str, object]:
     return {
         "round_times": round_times(display.stamps),
         "total": time.monotonic() - t0,
+        "cpu": per_round(display.stamps.cpu),
         "drain": drain,
         "durability": asdict(durability) if durability else None,
     }
@@ -130,6 +136,18 @@ def _durability_table(console: Console, configs: list[str]) -> None:
         )
     title = "Durability of the bundled configs (one run each, as shipped)"
     print_table(console, title=title, header=header, rows=rows)
+
+
+def _cpu_table(console: Console, runs: dict[str, list[dict[str, object]]]) -> None:
+    """CPU seconds per round (rounds 2–N) by role, median over the runs of each variant."""
+    rows = []
+    for variant, key in (("bare Flower 1.42", "bare"), ("Federator, all hooks", "federator")):
+        cpu: list[dict[str, float]] = [r["cpu"] for r in runs[key]]  # type: ignore[misc]
+        med = {role: statistics.median(c[role] for c in cpu) for role in ROLES}
+        total = statistics.median(sum(c.values()) for c in cpu)
+        rows.append((variant, *(f"{med[role]:.3f}" for role in ROLES), f"{total:.3f}"))
+    title = "CPU seconds per round by role (rounds 2–N, median over runs; 2 cores = 2 s/s)"
+    print_table(console, title=title, header=("variant", *ROLES, "all"), rows=rows)
 
 
 def main() -> None:
@@ -213,6 +231,7 @@ def main() -> None:
         + f"; MLflow writes left after the last round took {statistics.median(drains):.1f} s "
         f"to drain (median); worst commit lag {worst} round(s)"
     )
+    _cpu_table(console, runs)
     if args.configs:
         _durability_table(console, args.configs)
 

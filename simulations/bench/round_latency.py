@@ -59,11 +59,13 @@ from federator.simulations.bench._latency_common import (
 NODES = ("site-a", "site-b")
 _OURS_ROUND = re.compile(r"round (\d+): clients")
 # Federator's configurations measured: the default (train + evaluate message per round, like
-# the bare app), and with client-side evaluation off (one message per round; the gate then
-# judges on the coordinator's hold-out only).
-VARIANTS = (
-    ("Federator", ""),
-    ("Federator, fraction_evaluate = 0", "[strategy]\nfraction_evaluate = 0.0\n"),
+# the bare app), with client-side evaluation off (one message per round; the gate then
+# judges on the coordinator's hold-out only), and the default on stock Flower (nodes and run
+# with ``--stock-flower``: none of Federator's Flower patches).
+VARIANTS: tuple[tuple[str, str, bool], ...] = (
+    ("Federator", "", False),
+    ("Federator, fraction_evaluate = 0", "[strategy]\nfraction_evaluate = 0.0\n", False),
+    ("Federator on stock Flower (--stock-flower)", "", True),
 )
 
 
@@ -94,9 +96,11 @@ def run_federator(
     clock: Callable[[], float],
     label: str = "Federator",
     extra: str = "",
+    stock: bool = False,
 ) -> Timing:
     """Federator: provisioned kits, coordinator with TLS + auth, two nodes, ``federator run``.
-    ``extra`` is appended to the federation config."""
+    ``extra`` is appended to the federation config; ``stock``: nodes and run on stock Flower."""
+    flags = ["--stock-flower"] if stock else []
     tmp.mkdir(parents=True)
     port = free_port()
     fed = tmp / "federation.toml"
@@ -162,6 +166,7 @@ def run_federator(
                             str(path),
                             "--port",
                             str(free_port()),
+                            *flags,
                         ]
                     ),
                     log=tmp / f"node-{name}.out",
@@ -180,6 +185,7 @@ def run_federator(
                     f"127.0.0.1:{port}",
                     "--kit",
                     str(kits / "coordinator"),
+                    *flags,
                 ]
             ),
             env=env,
@@ -252,7 +258,7 @@ def main() -> None:
         console.print(f"bare Flower: {args.rounds} rounds …")
         bare = run_bare(root / "bare", data, rounds=args.rounds, epochs=args.epochs, clock=clock)
         variants = []
-        for i, (label, extra) in enumerate(VARIANTS[: 1 if args.default_only else None]):
+        for i, (label, extra, stock) in enumerate(VARIANTS[: 1 if args.default_only else None]):
             console.print(f"{label}: {args.rounds} rounds …")
             variants.append(
                 run_federator(
@@ -263,6 +269,7 @@ def main() -> None:
                     clock=clock,
                     label=label,
                     extra=extra,
+                    stock=stock,
                 )
             )
     console.print(table(bare, variants))
