@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from federator.client._flwr_compat.node_loop import HEARTBEAT_INTERVAL, PULL_INTERVAL
+from federator.client.processes import flower_command
 
 STOCK_HEARTBEAT_INTERVAL = 30.0  # seconds a stock SuperNode announces (flwr 1.42)
 STOCK_PULL_INTERVAL = 3.0  # seconds a stock SuperNode waits after an empty pull (flwr 1.42)
@@ -82,9 +83,9 @@ def node_commands(
                 f"Flower pulls every {STOCK_PULL_INTERVAL:g} s"
             )
         return NodeCommands(
-            supernode=[_flower("flower-supernode"), *common],
+            supernode=[flower_command("flower-supernode"), *common],
             # the Runtime API is the node's own loopback port, plaintext as in Federator's loop
-            executor=[_flower("flower-superexec"), "--insecure", *executor_args],
+            executor=[flower_command("flower-superexec"), "--insecure", *executor_args],
             heartbeat_interval=STOCK_HEARTBEAT_INTERVAL,
             pull_interval=STOCK_PULL_INTERVAL,
         )
@@ -96,12 +97,6 @@ def node_commands(
         heartbeat_interval=HEARTBEAT_INTERVAL,
         pull_interval=interval,
     )
-
-
-def _flower(command: str) -> str:
-    from federator.client.processes import flower_command
-
-    return flower_command(command)
 
 
 __all__ = [

@@ -52,10 +52,6 @@ class Exchange:
         self._clock = clock
         self._sleep = sleep
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
     def check(self) -> None:
         """Raise `FederationInterrupted` if someone asked the federation to stop."""
         if self._cancel.is_set():
