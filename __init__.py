@@ -19,7 +19,8 @@ message is meant for a person::
     ├── FederationFailed       a federation stopped before its last round
     │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
     ├── PolicyRefused          a node's own policy forbids what the coordinator asks
-    │   └── PrivacyBudgetExhausted  ... because it would spend more privacy than allowed
+    │   ├── PrivacyBudgetExhausted  ... because it would spend more privacy than allowed
+    │   └── TaskBundleRefused  ... a task bundle: unsigned, altered, not allowed, too big
     └── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
         └── SignatureInvalid   ... because its signature or digests do not verify
 """
@@ -41,6 +42,7 @@ __all__ = [
     "RegistryError",
     "ReleaseRefused",
     "SignatureInvalid",
+    "TaskBundleRefused",
     "TaskError",
     "TrackingError",
     "UpdateRejected",
@@ -105,6 +107,12 @@ class PolicyRefused(FederatorError):
 class PrivacyBudgetExhausted(PolicyRefused):
     """A client's next round would exceed the privacy budget its own policy allows
     (or the epsilon the federation planned for); the node does not train."""
+
+
+class TaskBundleRefused(PolicyRefused):
+    """A node (or the coordinator) refuses a task bundle: unsigned, altered in transit, not
+    allowed by the node's policy, bigger than its limit, or needing a package it lacks.
+    Nothing of the bundle is imported."""
 
 
 class ReleaseRefused(FederatorError):

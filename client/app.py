@@ -21,7 +21,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federator import FederatorError, ReleaseRefused, __version__
+from federator import FederatorError, ReleaseRefused, TaskBundleRefused, __version__
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client._secagg import secagg_handler
 from federator.client.instructions import Instructions, read_instructions
@@ -33,11 +33,11 @@ from federator.client.node import (
     installed_version,
     node_config,
     node_policy,
+    node_task,
     open_store,
     privacy_policy,
 )
-from federator.client.node_policy import NodePolicy
-from federator.client.tasks import Task, resolve_task
+from federator.client.tasks import Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.client.wire import (
     FILE_PREFIX,
@@ -90,19 +90,26 @@ def _round_seed(instr: Instructions, server_round: int, label: str) -> int:
 
 
 def _prepare(
-    msg: Message, node: NodeConfig, instr: Instructions | None = None
-) -> tuple[Instructions, Task, ClientData, torch.nn.Module]:
+    msg: Message, node: NodeConfig, instr: Instructions, task: Task
+) -> tuple[ClientData, torch.nn.Module]:
     torch.set_num_threads(1)
-    if instr is None:
-        instr = read_instructions(msg.content.config_records.get("config", ConfigRecord()))
-    task = resolve_task(instr.task)
     data = _local_data(instr, node, task)
     model = task.build_model()
     arrays = msg.content.array_records.get("arrays")
     if arrays is None:
         raise FederatorError("the message carries no global model ('arrays')")
     load_arrays(model, arrays)
-    return instr, task, data, model
+    return data, model
+
+
+def _instructed(msg: Message, context: Context, node: NodeConfig) -> tuple[Instructions, Task]:
+    """The message's instructions, checked against this node's policy, and their task
+    (a bundled task only once it is allowed and verified: `node_task`)."""
+    instr = read_instructions(msg.content.config_records.get("config", ConfigRecord()))
+    policy = node_policy(node)
+    if policy is not None:
+        policy.check(instr)  # before anything is imported or trained
+    return instr, node_task(instr, node, context.run_config, policy=policy)
 
 
 def train(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
@@ -112,19 +119,14 @@ def train(msg: Message, context: Context, *, simulated: SimulatedNodes | None = 
     the norm the coordinator sent before the reply leaves the node.
     """
     node = node_config(context, simulated=simulated)
-    config = msg.content.config_records.get("config", ConfigRecord())
-    instr = read_instructions(config)
-    if (policy := node_policy(node)) is not None:
-        policy.check(instr)  # before anything trains
+    instr, task = _instructed(msg, context, node)
     return client_clipping(
-        instr.central_clipping, msg, context, lambda m, _: _train(m, node, instr, policy)
+        instr.central_clipping, msg, context, lambda m, _: _train(m, node, instr, task)
     )
 
 
-def _train(
-    msg: Message, node: NodeConfig, parsed: Instructions, policy: NodePolicy | None
-) -> Message:
-    instr, task, data, model = _prepare(msg, node, parsed)
+def _train(msg: Message, node: NodeConfig, instr: Instructions, task: Task) -> Message:
+    data, model = _prepare(msg, node, instr, task)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
     mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
@@ -136,7 +138,7 @@ def _train(
         task=task,
         model=model,
         data=data.train,
-        policy=privacy_policy(node, policy=policy),
+        policy=privacy_policy(node, policy=node_policy(node)),
         server_round=server_round,
         noise_seed=node.dp_noise_seed,
     )
@@ -158,7 +160,8 @@ def _train(
 def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
     """Evaluate the received global model on the local validation split."""
     node = node_config(context, simulated=simulated)
-    _, task, data, model = _prepare(msg, node)
+    instr, task = _instructed(msg, context, node)
+    data, model = _prepare(msg, node, instr, task)
     if len(data.val) == 0:
         raise FederatorError("this client has no validation examples")
     result = task.evaluate(model, data.val)
@@ -200,9 +203,9 @@ def release(msg: Message, context: Context, *, simulated: SimulatedNodes | None 
     try:
         if not isinstance(envelope, str):
             raise ReleaseRefused("the release message carries no envelope (unsigned)")
-        version = open_store(node).install(envelope, files)
+        version = open_store(node).install(envelope, files, policy=node_policy(node))
         status, reason = DeliveryStatus.INSTALLED, ""
-    except ReleaseRefused as err:
+    except (ReleaseRefused, TaskBundleRefused) as err:
         version, status, reason = 0, DeliveryStatus.REFUSED, f"{type(err).__name__}: {err}"
     content = RecordDict(
         {

@@ -42,6 +42,9 @@ class Instructions(BaseModel):
     federation: str
     run: str = ""
     task: str
+    # The sha256 of the task's signed bundle (`federator.client.bundle`), which reaches the node
+    # in the run config; None: a built-in task (or one installed on the node by hand).
+    task_bundle: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     strategy: str = ""
     secagg: bool = False
     data: SimulationData

@@ -24,9 +24,13 @@ from typing import Annotated, ClassVar
 from flwr.app import Context
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
-from federator import ConfigError, FederatorError, ReleaseRefused
+from federator import ConfigError, FederatorError, ReleaseRefused, TaskBundleRefused
+from federator.client.bundle import bundle_from_run_config, import_bundled
+from federator.client.instructions import Instructions
+from federator.client.keys import load_public_key
 from federator.client.node_policy import NodePolicy, load_policy
-from federator.client.store import ModelStore
+from federator.client.store import TASKS_FOLDER, ModelStore
+from federator.client.tasks import Task, resolve_task
 from federator.client.wire import NodeConfigKey
 from federator.privacy.accounting import Accountant
 from federator.privacy.policy import Delta, NodePrivacyPolicy
@@ -168,6 +172,44 @@ def node_policy(config: NodeConfig) -> NodePolicy | None:
     return load_policy(config.policy) if config.policy is not None else None
 
 
+def node_task(
+    instr: Instructions,
+    node: NodeConfig,
+    run_config: Mapping[str, object],
+    *,
+    policy: NodePolicy | None,
+) -> Task:
+    """The task ``instr`` names: a built-in (or one installed here) by name, or the run's
+    signed task bundle — which runs only if this node's policy allows it, verified with this
+    node's own pinned key, extracted into its store (`federator.client.bundle`)."""
+    if instr.task_bundle is None:
+        return resolve_task(instr.task)
+    if policy is None:
+        raise TaskBundleRefused(
+            f"task {instr.task!r} comes as a bundle (sha256 {instr.task_bundle}) and this node "
+            "has no policy file: it runs no bundled code without one (federator node start "
+            "--policy FILE, with allowed_tasks or trust_release_key)"
+        )
+    if problem := policy.bundle_problem(instr.task, instr.task_bundle):
+        raise TaskBundleRefused(problem)
+    if node.pinned_key is None or node.store is None:
+        raise TaskBundleRefused(
+            "this node has no pinned release key and store (pinned-key, store in its node "
+            "config): it cannot verify or keep a task bundle"
+        )
+    bundle = bundle_from_run_config(
+        run_config,
+        pinned=load_public_key(node.pinned_key),
+        max_bytes=policy.max_task_bundle_bytes,
+    )
+    if (bundle.digest, bundle.task) != (instr.task_bundle, instr.task):
+        raise TaskBundleRefused(
+            f"the run's bundle holds {bundle.task!r} of sha256 {bundle.digest}, but the "
+            f"instructions name {instr.task!r} of sha256 {instr.task_bundle}"
+        )
+    return import_bundled(bundle, node.store / TASKS_FOLDER)
+
+
 def privacy_policy(config: NodeConfig, *, policy: NodePolicy | None) -> NodePrivacyPolicy:
     """This node's privacy policy: from its policy file (`node_policy`) when it has one, else
     ``max-epsilon``, ``privacy-delta``, ``privacy-accountant`` from its node config; the
@@ -193,6 +235,7 @@ __all__ = [
     "installed_version",
     "node_config",
     "node_policy",
+    "node_task",
     "open_store",
     "parse_node_config",
     "privacy_policy",

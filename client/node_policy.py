@@ -9,10 +9,22 @@ talk a node into a run it did not agree to::
     privacy_accountant = "rdp"        # or "prv"
     require_secagg = false            # refuse rounds that are not securely aggregated
     allowed_strategies = ["fedavg", "fedprox"]   # omit: any
-    allowed_tasks = ["digits-mlp"]               # omit: any
+    allowed_tasks = ["digits-mlp"]               # omit: any built-in or installed task
     allowed_federations = ["acme-study"]         # omit: any
 
 With ``max_epsilon`` set the node also refuses to train without local DP.
+
+A coordinator's own task arrives as a signed *task bundle* (`federator.client.bundle`): its code
+runs here only if the policy allows it by name *and* digest, ::
+
+    allowed_tasks = ["digits-mlp", { name = "iris_task:task", sha256 = "3f1c…" }]
+
+or, the weaker choice, accepts any bundle signed by the pinned release key::
+
+    trust_release_key = true
+    max_task_bundle_bytes = 1048576              # bigger bundles are refused (default 1 MiB)
+
+Without either, no bundled code runs on this node.
 """
 
 from __future__ import annotations
@@ -26,8 +38,17 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from federator import ConfigError, PolicyRefused
+from federator.client.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from federator.client.instructions import Instructions
 from federator.privacy.accounting import Accountant
+
+
+class AllowedBundle(BaseModel):
+    """One bundled task the partner allows: its name and the sha256 of its bundle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Annotated[str, Field(min_length=1)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _PolicyFile(BaseModel):
@@ -37,8 +58,10 @@ class _PolicyFile(BaseModel):
     privacy_accountant: Accountant = Accountant.RDP
     require_secagg: bool = False
     allowed_strategies: tuple[str, ...] | None = None
-    allowed_tasks: tuple[str, ...] | None = None
+    allowed_tasks: tuple[str | AllowedBundle, ...] | None = None
     allowed_federations: tuple[str, ...] | None = None
+    trust_release_key: bool = False
+    max_task_bundle_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BUNDLE_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +75,20 @@ class NodePolicy:
     allowed_strategies: frozenset[str] | None = None
     allowed_tasks: frozenset[str] | None = None
     allowed_federations: frozenset[str] | None = None
+    allowed_bundles: frozenset[tuple[str, str]] = frozenset()  # (name, sha256)
+    trust_release_key: bool = False
+    max_task_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+
+    def bundle_problem(self, task: str, digest: str) -> str | None:
+        """Why this policy does not run the bundled ``task`` of sha256 ``digest`` (None: it
+        does)."""
+        if self.trust_release_key or (task, digest) in self.allowed_bundles:
+            return None
+        return (
+            f"task {task!r} comes as a bundle of sha256 {digest}, which this node's policy does "
+            f'not allow: pin it with allowed_tasks = [{{ name = "{task}", sha256 = "{digest}" }}] '
+            "(or accept every bundle the pinned key signed: trust_release_key = true)"
+        )
 
     def problems(self, instr: Instructions) -> list[str]:
         """What in these instructions this policy does not allow (empty: all allowed)."""
@@ -59,10 +96,12 @@ class NodePolicy:
         for what, allowed, value in (
             ("federation", self.allowed_federations, instr.federation),
             ("strategy", self.allowed_strategies, instr.strategy),
-            ("task", self.allowed_tasks, instr.task),
+            ("task", None if instr.task_bundle else self.allowed_tasks, instr.task),
         ):
             if allowed is not None and value not in allowed:
                 out.append(f"{what} {value!r} is not among the allowed {sorted(allowed)}")
+        if instr.task_bundle and (problem := self.bundle_problem(instr.task, instr.task_bundle)):
+            out.append(problem)
         if self.require_secagg and not instr.secagg:
             out.append("this node requires secure aggregation (SecAgg+) and the run has none")
         if self.max_epsilon is not None and instr.local_dp is None:
@@ -82,6 +121,11 @@ def _frozen(values: tuple[str, ...] | None) -> frozenset[str] | None:
     return None if values is None else frozenset(values)
 
 
+def _names(entries: tuple[str | AllowedBundle, ...] | None) -> frozenset[str] | None:
+    """The tasks allowed by name alone (built-in or installed by hand)."""
+    return None if entries is None else frozenset(t for t in entries if isinstance(t, str))
+
+
 def parse_policy(text: str, *, source: str) -> NodePolicy:
     """A policy from TOML text; `ConfigError` naming the bad key."""
     try:
@@ -98,8 +142,13 @@ def parse_policy(text: str, *, source: str) -> NodePolicy:
         privacy_accountant=raw.privacy_accountant,
         require_secagg=raw.require_secagg,
         allowed_strategies=_frozen(raw.allowed_strategies),
-        allowed_tasks=_frozen(raw.allowed_tasks),
+        allowed_tasks=_names(raw.allowed_tasks),
         allowed_federations=_frozen(raw.allowed_federations),
+        allowed_bundles=frozenset(
+            (t.name, t.sha256) for t in raw.allowed_tasks or () if isinstance(t, AllowedBundle)
+        ),
+        trust_release_key=raw.trust_release_key,
+        max_task_bundle_bytes=raw.max_task_bundle_bytes,
     )
 
 

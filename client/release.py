@@ -16,7 +16,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,7 @@ RELEASED_FILES = ("weights.safetensors", "lineage.json")
 # On the wire a release is a `query.release` message (see `federator.client.wire`).
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -80,6 +81,9 @@ class Predicate(BaseModel):
     federation: str
     federation_run_id: str
     task: str
+    # The sha256 of the task bundle the model was trained with (None: a built-in task); the
+    # release then carries the bundle (`federator.client.bundle`) as two more files.
+    task_bundle: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     created_at: str
     gate: Gate
 
@@ -94,15 +98,18 @@ class Statement(BaseModel):
     predicate: Predicate
 
 
-def build_statement(files: Mapping[str, bytes], predicate: Predicate) -> bytes:
-    """Canonical statement bytes for ``files`` (name → content) and ``predicate``."""
+def build_statement(
+    files: Mapping[str, bytes], predicate: BaseModel, *, predicate_type: str = PREDICATE_TYPE
+) -> bytes:
+    """Canonical statement bytes for ``files`` (name → content) and ``predicate`` (a release's
+    by default; a task bundle's with its own ``predicate_type``)."""
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [
             {"name": name, "digest": {"sha256": sha256(data)}}
             for name, data in sorted(files.items())
         ],
-        "predicateType": PREDICATE_TYPE,
+        "predicateType": predicate_type,
         "predicate": predicate.model_dump(mode="json"),
     }
     return canonical_json(statement)
@@ -122,11 +129,13 @@ def sign_statement(statement: bytes, key: Ed25519PrivateKey) -> str:
     ).decode()
 
 
-def open_release(envelope: str | bytes, pinned: Ed25519PublicKey) -> Statement:
-    """Verify ``envelope`` with the pinned key and parse its statement.
+def open_envelope(
+    envelope: str | bytes, pinned: Ed25519PublicKey, *, what: str = "release"
+) -> bytes:
+    """The payload of a DSSE envelope, once its signature verifies with the pinned key.
 
-    Raises `SignatureInvalid` for anything short of a well-formed statement signed by the
-    pinned key: no signature, another key, altered payload, altered or unknown fields.
+    Raises `SignatureInvalid` for no signature, another key, an altered payload or a
+    malformed envelope (``what`` names the thing in the message: a release, a task bundle).
     """
     try:
         env = json.loads(envelope)
@@ -135,29 +144,43 @@ def open_release(envelope: str | bytes, pinned: Ed25519PublicKey) -> Statement:
         payload = base64.b64decode(env["payload"], validate=True)
         signatures = env.get("signatures") or []
     except (ValueError, KeyError, TypeError):
-        raise SignatureInvalid("the release envelope is malformed") from None
+        raise SignatureInvalid(f"the {what} envelope is malformed") from None
     if not signatures:
-        raise SignatureInvalid("the release is not signed")
+        raise SignatureInvalid(f"the {what} is not signed")
     wanted = key_id(pinned)
     sigs = [s for s in signatures if isinstance(s, dict) and s.get("keyid") == wanted]
     if not sigs:
         raise SignatureInvalid(
-            f"the release is not signed by the pinned key {wanted} "
+            f"the {what} is not signed by the pinned key {wanted} "
             f"(signed by {[s.get('keyid') for s in signatures]})"
         )
     try:
         sig = base64.b64decode(sigs[0]["sig"], validate=True)
     except (ValueError, KeyError, TypeError):
-        raise SignatureInvalid("the release signature is malformed") from None
+        raise SignatureInvalid(f"the {what} signature is malformed") from None
     verify(pinned, sig, pae(PAYLOAD_TYPE, payload))
+    return payload
+
+
+def parse_signed(payload: bytes, model: type[_M]) -> _M:
+    """A verified payload parsed into ``model``; `SignatureInvalid` naming the bad field."""
     try:
-        return Statement.model_validate_json(payload)
+        return model.model_validate_json(payload)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise SignatureInvalid(
             f"the signed statement is malformed at {where}: {first['msg']}"
         ) from None
+
+
+def open_release(envelope: str | bytes, pinned: Ed25519PublicKey) -> Statement:
+    """Verify ``envelope`` with the pinned key and parse its statement.
+
+    Raises `SignatureInvalid` for anything short of a well-formed statement signed by the
+    pinned key: no signature, another key, altered payload, altered or unknown fields.
+    """
+    return parse_signed(open_envelope(envelope, pinned), Statement)
 
 
 def check_files(statement: Statement, files: Mapping[str, bytes]) -> None:

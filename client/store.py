@@ -3,8 +3,10 @@
 Layout under the store root::
 
     versions/<version>/   weights.safetensors, lineage.json, envelope.json
+                          (+ task.zip, task.envelope.json: the task bundle it was trained with)
     current               symlink → versions/<version> (switched with an atomic rename)
     state.json            the highest version ever installed (replay protection)
+    tasks/<sha256>/       task bundles, extracted (`federator.client.bundle`)
 
 A release is installed only if its signature verifies with the pinned key, it names this
 node's model, it is newer than every version installed before (an older or re-sent version is
@@ -26,13 +28,22 @@ from pathlib import Path
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from federator import ReleaseRefused
+from federator import ReleaseRefused, SignatureInvalid, TaskBundleRefused
+from federator.client.bundle import (
+    DEFAULT_MAX_BUNDLE_BYTES,
+    TaskBundle,
+    bundle_from_files,
+    check_needs,
+    import_bundled,
+)
 from federator.client.keys import load_public_key
+from federator.client.node_policy import NodePolicy
 from federator.client.release import Statement, check_files, open_release
 from federator.client.tasks import Task, resolve_task
 from federator.client.weights import load_arrays, load_safetensors
 
 ENVELOPE = "envelope.json"
+TASKS_FOLDER = "tasks"
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,9 @@ class ModelStore:
             return 0
 
     def _statement(self, version: int) -> Statement:
+        return self._verified(version)[0]
+
+    def _verified(self, version: int) -> tuple[Statement, dict[str, bytes]]:
         folder = self.root / "versions" / str(version)
         statement = open_release((folder / ENVELOPE).read_text(), self._pinned)
         files = {
@@ -126,7 +140,7 @@ class ModelStore:
             if (folder / s.name).is_file()
         }
         check_files(statement, files)
-        return statement
+        return statement, files
 
     def versions(self) -> list[StoredVersion]:
         """Stored versions, newest first (each re-verified against its signed statement)."""
@@ -148,9 +162,14 @@ class ModelStore:
         return sorted(out, key=lambda v: v.version, reverse=True)
 
     def task(self) -> Task:
-        """The task the current release was trained for."""
-        version = self._require_current()
-        return resolve_task(self._statement(version).predicate.task)
+        """The task the current release was trained for: a built-in by name, or the task
+        bundle kept with the version (the very code it was trained with)."""
+        statement, files = self._verified(self._require_current())
+        if statement.predicate.task_bundle is None:
+            return resolve_task(statement.predicate.task)
+        bundle = bundle_from_files(files, pinned=self._pinned, max_bytes=None)
+        assert bundle is not None  # the release's own check at install
+        return import_bundled(bundle, self.root / TASKS_FOLDER)
 
     def load_model(self, task: Task | None = None) -> torch.nn.Module:
         """The current model, verified and loaded from safetensors into the task's model."""
@@ -171,9 +190,12 @@ class ModelStore:
 
     # -- changing ------------------------------------------------------------------------
 
-    def install(self, envelope: str, files: Mapping[str, bytes]) -> int:
+    def install(
+        self, envelope: str, files: Mapping[str, bytes], *, policy: NodePolicy | None = None
+    ) -> int:
         """Verify and install a release; returns its version. `ReleaseRefused` (or its
-        subclass `SignatureInvalid`) says why not, and leaves the store unchanged."""
+        subclass `SignatureInvalid`) says why not, `TaskBundleRefused` if its task bundle may
+        not run here (``policy``: the node's); either leaves the store unchanged."""
         statement = open_release(envelope, self._pinned)
         check_files(statement, files)  # integrity first: a tampered release is reported as such
         p = statement.predicate
@@ -181,6 +203,7 @@ class ModelStore:
             raise ReleaseRefused(
                 f"the release is for model {p.model!r}, this node installs {self.model!r}"
             )
+        self._check_bundle(statement, files, policy)
         if p.version <= self.high_water():
             raise ReleaseRefused(
                 f"version {p.version} is not newer than version "
@@ -205,6 +228,32 @@ class ModelStore:
         self._set_high_water(p.version)
         self._prune()
         return p.version
+
+    def _check_bundle(
+        self, statement: Statement, files: Mapping[str, bytes], policy: NodePolicy | None
+    ) -> TaskBundle | None:
+        """The release's task bundle, if it has one, once it is intact, is the one the
+        release names, may run under ``policy`` and has what it needs installed."""
+        p = statement.predicate
+        limit = policy.max_task_bundle_bytes if policy else DEFAULT_MAX_BUNDLE_BYTES
+        bundle = bundle_from_files(files, pinned=self._pinned, max_bytes=limit)
+        if p.task_bundle is None:
+            if bundle is not None:
+                raise SignatureInvalid("the release carries a task bundle its statement omits")
+            return None
+        if bundle is None or (bundle.digest, bundle.task) != (p.task_bundle, p.task):
+            raise SignatureInvalid(
+                f"the release names task bundle {p.task_bundle} of {p.task!r} and does not carry it"
+            )
+        if policy is None:
+            raise TaskBundleRefused(
+                f"the release's task {p.task!r} comes as a bundle and this node has no policy "
+                "file allowing it"
+            )
+        if problem := policy.bundle_problem(p.task, bundle.digest):
+            raise TaskBundleRefused(problem)
+        check_needs(bundle)
+        return bundle
 
     def rollback(self, to: int | None = None) -> int:
         """Switch ``current`` to version ``to`` (default: the newest older one); returns it."""

@@ -18,6 +18,12 @@ INSTRUCTIONS_KEY = "federator"
 # A reply's MetricRecord: how many examples the node trained or evaluated on (Flower's name).
 NUM_EXAMPLES = "num-examples"
 
+# -- the run config (every node's Context.run_config) -----------------------------------------
+# A user's own task travels as a signed bundle (`federator.client.bundle`): the zip archive and
+# its DSSE envelope, each base64 text, declared in the Flower App's pyproject.
+TASK_BUNDLE_KEY = "federator-task-bundle"
+TASK_ENVELOPE_KEY = "federator-task-envelope"
+
 # -- hello (query): who a node is -----------------------------------------------------------
 META_KEY = "federator"  # the ConfigRecord of a node's hello reply
 LABEL_KEY = "label"  # the node's label (its configured name, or its simulation partition)

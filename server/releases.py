@@ -30,6 +30,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+from federator.client.bundle import TaskBundle
 from federator.client.keys import key_id
 from federator.client.release import (
     RELEASED_FILES,
@@ -111,9 +112,13 @@ class ReleaseSigner:
         reasons: Sequence[str],
         metrics: Mapping[str, float],
         folder: Path,
+        bundle: TaskBundle | None = None,
     ) -> SignedRelease:
-        """Sign the release of ``folder``'s weights and lineage as ``model`` ``version``."""
+        """Sign the release of ``folder``'s weights and lineage as ``model`` ``version``;
+        with the task ``bundle`` the model was trained with, if it has one (nodes keep it
+        with the version)."""
         files = {name: (folder / name).read_bytes() for name in RELEASED_FILES}
+        files |= bundle.files() if bundle else {}
         predicate = Predicate(
             model=model,
             version=version,
@@ -122,6 +127,7 @@ class ReleaseSigner:
             federation=federation,
             federation_run_id=run_id,
             task=task,
+            task_bundle=bundle.digest if bundle else None,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             gate=Gate(decision="promoted", reasons=list(reasons), metrics=dict(metrics)),
         )
@@ -264,6 +270,7 @@ class ReleaseService:
             reasons=promoted.reasons,
             metrics=promoted.metrics,
             folder=promoted.folder,
+            bundle=plan.task_bundle,
         )
 
     def committed(self, release: SignedRelease) -> None:

@@ -2,18 +2,23 @@
 
 federator coordinator start --kit DIR [--host H] [--port P] [--state DIR]
 federator run CONFIG --coordinator ADDR --kit DIR [--rounds N ...]
+federator bundle CONFIG           the task bundle `run` would send, and how partners pin it
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from federator import DeploymentError
+
+if TYPE_CHECKING:
+    from federator.client.bundle import TaskBundle
+    from federator.server.plan.overrides import Override
 
 out = Console()
 coordinator_app = typer.Typer(no_args_is_help=True, help="The coordinator's SuperLink.")
@@ -114,6 +119,7 @@ def run_command(
     def go() -> None:
         coordinator_kit = load_coordinator_kit(kit)
         overrides = _overrides(rounds, None, None, None, set_)
+        bundle = _bundle(config, overrides)
         _, raw = submitted_config(resolve_config_path(config), overrides=overrides)
         state = kit / "state"
         state.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,7 @@ def run_command(
             state=state,
             resume=resume,
             stock_flower=stock_flower,
+            bundle=bundle,
         )
         if status != "finished:completed":
             raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")
@@ -132,10 +139,46 @@ def run_command(
     run_action(go)
 
 
+def _bundle(config: str, overrides: list[Override]) -> TaskBundle | None:
+    """The signed bundle of CONFIG's task (None: a built-in), shown in a table."""
+    from federator.server.cli import _import_path_for
+    from federator.server.deploy.bundle import describe, pack_task
+    from federator.server.deploy.submit import submitted_config
+    from federator.server.plan import resolve_config_path
+
+    _import_path_for(config)  # a task module next to the config is found, as in simulate
+    path = resolve_config_path(config)
+    plan, raw = submitted_config(path, overrides=overrides)
+    bundle = pack_task(plan, raw, config=path)
+    if bundle is not None:
+        table = Table(title="task bundle (signed with the release key)", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for row in describe(bundle):
+            table.add_row(*row)
+        out.print(table)
+    return bundle
+
+
+def bundle_command(
+    config: Annotated[str, typer.Argument(help="The federation config (as for run).")],
+) -> None:
+    """Pack and sign CONFIG's task as `run` would, and show its digest and how partners
+    pin it in their node policy; nothing is submitted."""
+    from federator.client.actions import run_action
+
+    def go() -> None:
+        if _bundle(config, []) is None:
+            out.print("the task is a built-in: nothing to bundle, every node has it")
+
+    run_action(go)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``coordinator …`` and ``run`` to the ``federator`` app."""
+    """Add ``coordinator …``, ``run`` and ``bundle`` to the ``federator`` app."""
     app.add_typer(coordinator_app, name="coordinator")
     app.command("run")(run_command)
+    app.command("bundle")(bundle_command)
 
 
 __all__ = ["coordinator_app", "register", "run_command"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from federator import DeploymentError
+from federator.client.bundle import TaskBundle, bundle_run_config
 from federator.client.processes import flower_command, flower_env
 from federator.server.deploy.coordinator import flwr_cli, write_flwr_home
 from federator.server.federation.run_config import (
@@ -65,6 +66,7 @@ def submit_run(
     timeout: float | None = None,
     resume: str | None = None,
     stock_flower: bool = False,
+    bundle: TaskBundle | None = None,
     echo: Callable[[str], None] = _echo,
 ) -> str:
     """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
@@ -73,11 +75,16 @@ def submit_run(
     ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is asked of
     the SuperLink afterwards. ``resume``: an MLflow run id to continue after its last
     checkpoint (after a coordinator restart). ``stock_flower``: the ServerApp uses none of
-    Federator's Flower patches. `DeploymentError` if nothing was submitted."""
+    Federator's Flower patches. ``bundle``: the task's signed bundle (`pack_task`), which the
+    run config carries to the ServerApp and every node. `DeploymentError` if nothing was
+    submitted."""
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
-    run_config = run_config_text(raw, resume=resume, stock_flower=stock_flower)
+    run_config = write_run_config(
+        run_config_entries(raw, resume=resume, stock_flower=stock_flower, bundle=bundle),
+        state / "flwr-submit" / "run-config.toml",
+    )
     argv = [
         flower_command("flwr"),
         "run",
@@ -85,7 +92,7 @@ def submit_run(
         federation,
         "--stream",
         "--run-config",
-        run_config,
+        str(run_config),
     ]
     run_id = None
     with subprocess.Popen(
@@ -106,17 +113,38 @@ def submit_run(
     return run_status(run_id, home=home, federation=federation)
 
 
-def run_config_text(raw: dict[str, Any], *, resume: str | None, stock_flower: bool) -> str:
-    """The ``--run-config`` text for ``flwr run``: every key must be declared in the App's
+def run_config_entries(
+    raw: dict[str, Any],
+    *,
+    resume: str | None,
+    stock_flower: bool,
+    bundle: TaskBundle | None = None,
+) -> dict[str, str | bool]:
+    """The run config of the submitted run: every key must be declared in the App's
     pyproject (``flwr_app/pyproject.toml``), or the SuperLink refuses the run."""
-    text = f"{SUBMITTED_KEY}='{encode_config(raw)}'"
+    entries: dict[str, str | bool] = {SUBMITTED_KEY: encode_config(raw)}
     if resume:
         if not resume.isalnum():
             raise DeploymentError(f"--resume: {resume!r} is not an MLflow run id")
-        text += f" {RESUME_KEY}='{resume}'"
+        entries[RESUME_KEY] = resume
     if stock_flower:
-        text += f" {STOCK_FLOWER_KEY}=true"
-    return text
+        entries[STOCK_FLOWER_KEY] = True
+    if bundle is not None:
+        entries |= bundle_run_config(bundle)
+    return entries
+
+
+def write_run_config(entries: dict[str, str | bool], path: Path) -> Path:
+    """``entries`` as the TOML file ``flwr run --run-config`` reads: a file, because one
+    command-line argument holds at most 128 KiB and a task bundle may be bigger. The values
+    are base64 text, ``true`` or plain ids: no TOML escaping is needed beyond JSON's."""
+    lines = [
+        f"{key} = {'true' if value is True else json.dumps(value)}"
+        for key, value in entries.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return path
 
 
 def run_status(run_id: str, *, home: Path, federation: str) -> str:
@@ -137,7 +165,9 @@ __all__ = [
     "SUBMITTED_KEY",
     "decode_config",
     "encode_config",
+    "run_config_entries",
     "run_status",
     "submit_run",
     "submitted_config",
+    "write_run_config",
 ]

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from federator import ConfigError
+from federator.client.bundle import TaskBundle, bundle_from_run_config, import_bundled
+from federator.client.keys import load_public_key
+from federator.client.wire import TASK_BUNDLE_KEY
 from federator.server._flwr_compat import FlowerCompat
 from federator.server.federation.events import FederationSummary
 from federator.server.federation.run_config import (
@@ -26,6 +33,8 @@ from federator.server.federation.run_config import (
 )
 from federator.server.federation.runner import Display, run_federation
 from federator.server.plan import FederationPlan, build_plan, load_plan
+from federator.server.plan.config import ReleaseSection
+from federator.server.plan.release import release_plan
 from federator.server.progress import LogProgress
 
 CONFIG_KEY = "federation-config"
@@ -50,8 +59,28 @@ def _plan_from(context: Context) -> FederationPlan:
     """The plan a run was submitted with (`federator run`), else the config it names."""
     submitted = context.run_config.get(SUBMITTED_KEY)
     if isinstance(submitted, str) and submitted:
-        return build_plan(decode_config(submitted), source="config submitted by federator run")
+        raw = decode_config(submitted)
+        bundle = _bundle_from(context, raw)  # on the import path before the plan imports it
+        plan = build_plan(raw, source="config submitted by federator run")
+        return replace(plan, task_bundle=bundle)
     return load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
+
+
+def _bundle_from(context: Context, raw: dict[str, Any]) -> TaskBundle | None:
+    """The run's task bundle, verified with the federation's own release key and imported
+    from ``<runs_dir>/task-bundles/<sha256>/``: the coordinator runs the very code the nodes
+    get (None: a built-in task)."""
+    if not context.run_config.get(TASK_BUNDLE_KEY):
+        return None
+    release = release_plan(ReleaseSection.model_validate(raw.get("release") or {}))
+    if release is None:
+        raise ConfigError("the run carries a task bundle but names no release key to verify it")
+    bundle = bundle_from_run_config(
+        context.run_config, pinned=load_public_key(release.public_key), max_bytes=None
+    )
+    import_bundled(bundle, Path(raw["tracking"]["runs_dir"]) / "task-bundles")
+    log(logging.INFO, "task %s from its bundle, sha256 %s", bundle.task, bundle.digest)
+    return bundle
 
 
 def _resume_from(context: Context) -> str | None:
@@ -64,8 +93,6 @@ def _compat_from(context: Context) -> FlowerCompat:
     """Stock Flower if the run was submitted with ``--stock-flower`` (said in the run's log)."""
     compat = FlowerCompat(stock=context.run_config.get(STOCK_FLOWER_KEY) is True)
     if compat.stock:
-        from flwr.common.logger import log
-
         log(logging.INFO, "coordinator on %s", compat.describe())
     return compat
 

@@ -15,7 +15,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
@@ -23,10 +22,9 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExha
 from flwr.serverapp.strategy import Strategy
 
 from federator import FederationFailed
-from federator.client.instructions import Instructions, TrainingInstructions
-from federator.client.tasks import Evaluation, Task
-from federator.client.weights import arrays_to_numpy, load_arrays, model_arrays
-from federator.privacy.central import CentralDp, ClippingSide, central_dp
+from federator.client.tasks import Evaluation
+from federator.client.weights import arrays_to_numpy
+from federator.privacy.central import CentralDp, central_dp
 from federator.server.federation._secagg_round import SecAggTraining
 from federator.server.federation.checkpoint import Checkpointer, Component, State
 from federator.server.federation.events import (
@@ -39,10 +37,14 @@ from federator.server.federation.events import (
 )
 from federator.server.federation.exchange import Exchange
 from federator.server.federation.gate import Candidate, Decision, Gate
+from federator.server.federation.instructions import (
+    ServerEvaluator,
+    initial_arrays,
+    instructions_for,
+)
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan import FederationPlan
 from federator.server.plan.config import GateMetric
-from federator.simulations.datasets import ArrayData
 from federator.strategies import Guarded, Screened
 from federator.strategies.guarded import Evaluated, Trained
 
@@ -52,52 +54,6 @@ MAX_CONSECUTIVE_SKIPS = 3
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
     """The scalar entries of an aggregated MetricRecord."""
     return {k: float(v) for k, v in (record or {}).items() if isinstance(v, int | float)}
-
-
-class ServerEvaluator:
-    """Evaluates global models on the coordinator's held-out data (never seen by clients)."""
-
-    def __init__(self, task: Task, holdout: ArrayData) -> None:
-        self._task = task
-        self._holdout = holdout
-        self._model = task.build_model()
-
-    def __call__(self, arrays: ArrayRecord) -> Evaluation:
-        load_arrays(self._model, arrays)
-        return self._task.evaluate(self._model, self._holdout)
-
-    def example_input(self) -> object:
-        """Two held-out examples: the input example MLflow stores with each model."""
-        return self._holdout.x[:2]
-
-
-def instructions_for(plan: FederationPlan, *, run_id: str = "") -> Instructions:
-    """The instructions every client receives for this plan (``run_id``: the MLflow run,
-    which names the run in each node's privacy ledger)."""
-    t, local, central = plan.training, plan.privacy.local, plan.privacy.central
-    return Instructions(
-        federation=plan.name,
-        run=run_id,
-        strategy=plan.strategy.name,
-        secagg=plan.privacy.secagg is not None,
-        central_clipping=central.clipping
-        if central is not None and central.side is ClippingSide.CLIENT
-        else None,
-        local_dp=local,
-        task=plan.task_ref,
-        data=plan.data,
-        # The plan's training settings less FedProx's μ (it travels as Flower's proximal-mu).
-        training=TrainingInstructions(
-            **{name: getattr(t, name) for name in TrainingInstructions.model_fields}
-        ),
-    )
-
-
-def initial_arrays(task: Task, seed: int) -> ArrayRecord:
-    """The round-0 global model: the task's model initialised from the federation seed."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return model_arrays(task.build_model())
 
 
 @dataclass(frozen=True)

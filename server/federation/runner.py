@@ -22,8 +22,9 @@ from federator.server.federation.events import (
     RoundOutcome,
 )
 from federator.server.federation.exchange import Exchange
+from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation, ServerEvaluator
+from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan
 from federator.server.releases import (
     DeliveryRecorder,

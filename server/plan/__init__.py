@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from pydantic import BaseModel, ValidationError
 
 from federator import ConfigError, FederatorError
+from federator.client.bundle import TaskBundle
 from federator.client.tasks import Task, TrainSettings, resolve_task
 from federator.server.plan._checks import cross_checks, sampled
 from federator.server.plan._profiles import apply_profile
@@ -99,6 +100,8 @@ class FederationPlan:
     source: str
     resolved: Mapping[str, Any] = field(repr=False)
     config_hash: str
+    # A deployment of a task of its own: the signed bundle every node and release carries.
+    task_bundle: TaskBundle | None = None
 
     def task(self) -> Task:
         """The task object (built-in or imported)."""

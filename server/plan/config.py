@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from federator.client.bundle import PipRequirement
 from federator.client.tasks import Optimizer
 from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping, ClippingSide
@@ -44,9 +45,17 @@ class FederationSection(_Section):
 
 
 class TaskSection(_Section):
-    """The learning task: a built-in name (``mnist-cnn``, ``digits-mlp``) or ``module:object``."""
+    """The learning task: a built-in name (``mnist-cnn``, ``digits-mlp``) or ``module:object``.
+
+    In a deployment (``federator run``) a task of your own travels to the nodes as a signed
+    bundle (`federator.client.bundle`): ``source`` is the module file or package folder to
+    pack (relative to the config; default: the task's top-level module next to the config),
+    ``requires`` the packages it imports that every node must already have installed.
+    """
 
     name: Annotated[str, Field(min_length=1)]
+    source: str | None = None
+    requires: tuple[PipRequirement, ...] = ()
 
 
 class DataSection(_Section):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from federator import __version__
-from federator.client.release import RELEASED_FILES
+from federator.client.bundle import BUNDLE_FILES
 from federator.client.weights import save_safetensors
 from federator.client.wire import MetricName
 from federator.server.federation.events import RoundOutcome
@@ -132,6 +132,7 @@ class Registrar:
             "federator.val_loss": f"{ev.loss:.6f}",
             FLAVOUR_TAG: FlavourState.PENDING.value,
             **self._privacy_tags(outcome, local_epsilons=local_epsilons),
+            **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
         }
         name = plan.tracking.registered_model
         mv = self.client.create_model_version(
@@ -214,6 +215,9 @@ class Registrar:
         signed.mkdir()
         (signed / "statement.json").write_bytes(release.statement)
         (signed / "envelope.json").write_text(release.envelope)
+        for name in BUNDLE_FILES:  # the task bundle the version was trained with, if any
+            if name in release.files:
+                (signed / name).write_bytes(release.files[name])
         self.client.log_artifacts(
             self.run_id, str(signed), artifact_path=f"{artifact_path}/release"
         )
@@ -231,14 +235,16 @@ class Registrar:
         folder.mkdir(exist_ok=True)
         base = f"models/round-{round_:04d}"
         files = {}
-        for name in RELEASED_FILES:
-            local = self.client.download_artifacts(self.run_id, f"{base}/{name}", str(folder))
-            files[name] = Path(local).read_bytes()
         statement = Path(
             self.client.download_artifacts(
                 self.run_id, f"{base}/release/statement.json", str(folder)
             )
         ).read_bytes()
+        names = {s["name"] for s in json.loads(statement)["subject"]}
+        for name in sorted(names):
+            path = f"{base}/release/{name}" if name in BUNDLE_FILES else f"{base}/{name}"
+            local = self.client.download_artifacts(self.run_id, path, str(folder))
+            files[name] = Path(local).read_bytes()
         envelope = Path(
             self.client.download_artifacts(
                 self.run_id, f"{base}/release/envelope.json", str(folder)

@@ -69,6 +69,7 @@ def export_release(client: Any, model: str, version: int, out: Path) -> list[str
     """Download version ``version``'s signed release into ``out``; returns the file names."""
     from mlflow.exceptions import MlflowException
 
+    from federator.client.bundle import BUNDLE_FILES
     from federator.client.release import RELEASED_FILES
 
     try:
@@ -83,6 +84,8 @@ def export_release(client: Any, model: str, version: int, out: Path) -> list[str
     out.mkdir(parents=True, exist_ok=True)
     base = f"models/round-{run_round:04d}"
     names = [*RELEASED_FILES, "release/envelope.json"]
+    if "federator.task_bundle" in mv.tags:  # the task bundle travels with the release
+        names += [f"release/{name}" for name in BUNDLE_FILES]
     for name in names:
         local = Path(client.download_artifacts(mv.run_id, f"{base}/{name}", str(out)))
         target = out / Path(name).name

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federator.server.federation.events import FederationStarted, FederationSummary, RoundOutcome
-from federator.server.federation.rounds import initial_arrays
+from federator.server.federation.instructions import initial_arrays
 from federator.server.plan import FederationPlan
 from federator.simulations.bench._cpu import CpuStamps
 from federator.simulations.partition import client_data

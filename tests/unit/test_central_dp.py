@@ -24,8 +24,9 @@ from federator.privacy.central import UNIFORM_WEIGHT
 from federator.server.federation.checkpoint import Component
 from federator.server.federation.events import RoundStatus
 from federator.server.federation.exchange import Exchange
+from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation, ServerEvaluator
+from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.simulations.partition import server_holdout
 

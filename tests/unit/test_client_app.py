@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from federator.client import app as client
 from federator.client.mods import refusing
 from federator.client.wire import ReplyCode
-from federator.server.federation.rounds import initial_arrays, instructions_for
+from federator.server.federation.instructions import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
 from federator.simulations.partition import client_data
 

@@ -14,7 +14,7 @@ from federator.client import app as client
 from federator.client.mods import refusing
 from federator.client.wire import ReplyCode
 from federator.privacy import PrivacyLedger
-from federator.server.federation.rounds import initial_arrays, instructions_for
+from federator.server.federation.instructions import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
 
 

@@ -12,8 +12,9 @@ from fakes import FakeGrid, VirtualClock, client_handlers, server_identity
 from federator import FederationFailed
 from federator.server.federation.events import RoundOutcome, RoundStatus
 from federator.server.federation.exchange import Exchange
+from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation, ServerEvaluator
+from federator.server.federation.rounds import Federation
 from federator.server.plan import build_plan
 from federator.simulations.partition import server_holdout
 

@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord
 from federator import UpdateRejected
 from federator.client.instructions import read_instructions
 from federator.client.wire import INSTRUCTIONS_KEY
-from federator.server.federation.rounds import instructions_for
+from federator.server.federation.instructions import instructions_for
 from federator.server.plan import build_plan
 
 RAW: dict[str, Any] = {

@@ -21,7 +21,7 @@ from federator.client.tasks import DIGITS_MLP
 from federator.client.weights import model_arrays, save_safetensors
 from federator.client.wire import INSTALLED_KEY, META_KEY, RELEASE_ACTION, RELEASE_KEY
 from federator.privacy import Accountant, PrivacyLedger
-from federator.server.federation.rounds import initial_arrays, instructions_for
+from federator.server.federation.instructions import initial_arrays, instructions_for
 from federator.server.plan import build_plan
 from federator.server.releases import ReleaseSigner, release_content
 from federator.simulations.runner import simulated_nodes

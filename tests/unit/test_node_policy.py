@@ -15,7 +15,7 @@ from federator import ConfigError
 from federator.client import app as client
 from federator.client.mods import refusing
 from federator.client.node_policy import parse_policy
-from federator.server.federation.rounds import initial_arrays, instructions_for
+from federator.server.federation.instructions import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
 
 

@@ -24,7 +24,7 @@ from federator.server.federation.checkpoint import (
     write_checkpoint,
 )
 from federator.server.federation.gate import Gate
-from federator.server.federation.rounds import initial_arrays
+from federator.server.federation.instructions import initial_arrays
 from federator.server.federation.runner import run_federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.server.progress import LogProgress

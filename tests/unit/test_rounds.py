@@ -14,8 +14,9 @@ from flwr.app import Array, Message
 from federator import FederationFailed
 from federator.server.federation.events import RoundStatus
 from federator.server.federation.exchange import Exchange
+from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation, ServerEvaluator
+from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.simulations.partition import server_holdout
 

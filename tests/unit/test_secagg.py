@@ -27,7 +27,7 @@ from federator.privacy import secagg_client as sc
 from federator.server._flwr_compat import FlowerCompat
 from federator.server.federation._secagg_round import apply_mean
 from federator.server.federation.checkpoint import Component
-from federator.server.federation.rounds import initial_arrays, instructions_for
+from federator.server.federation.instructions import initial_arrays, instructions_for
 from federator.server.plan import FederationPlan, build_plan
 
 PARAMS = secagg.SecAggParams(
@@ -312,8 +312,9 @@ def test_the_round_loop_skips_an_aborted_round_and_registers_survivors_only(
 
     from federator.server.federation.events import RoundStatus
     from federator.server.federation.exchange import Exchange
+    from federator.server.federation.instructions import ServerEvaluator
     from federator.server.federation.nodes import NodeDirectory
-    from federator.server.federation.rounds import Federation, ServerEvaluator
+    from federator.server.federation.rounds import Federation
     from federator.simulations.partition import client_data, server_holdout
 
     raw = copy.deepcopy(raw_config)

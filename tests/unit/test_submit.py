@@ -13,8 +13,9 @@ from federator.server.deploy.submit import (
     SUBMITTED_KEY,
     decode_config,
     encode_config,
-    run_config_text,
+    run_config_entries,
     submitted_config,
+    write_run_config,
 )
 from federator.server.federation.app import _compat_from, _plan_from, _resume_from
 from federator.server.plan.overrides import parse_override
@@ -83,7 +84,8 @@ def test_the_run_config_is_one_flower_accepts_for_our_app(
     path = tmp_path / "fed.toml"
     path.write_text(CONFIG)
     _, raw = submitted_config(path)
-    text = run_config_text(raw, resume=resume, stock_flower=stock)
+    entries = run_config_entries(raw, resume=resume, stock_flower=stock)
+    text = str(write_run_config(entries, tmp_path / "run-config.toml"))
     declared = flatten_dict(get_project_config(APP_DIR)["tool"]["flwr"]["app"]["config"])
     fused = fuse_dicts(declared, parse_config_args([text]))
     context = _context(fused)  # type: ignore[arg-type]
