@@ -124,7 +124,7 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def start_node(
-    d: dict[str, Any], name: str, *, port: int, stock: bool = False
+    d: dict[str, Any], name: str, *, port: int, stock: bool = False, extra: list[str] | None = None
 ) -> subprocess.Popen[str]:
     proc = start_cli(
         [
@@ -139,6 +139,7 @@ def start_node(
             "--connect-timeout",
             "60",
             *(["--stock-flower"] if stock else []),
+            *(extra or []),
         ],
         cwd=d["tmp"],
         env=d["env"],
