@@ -107,20 +107,29 @@ def node_install(
     release: Annotated[
         Path, typer.Option("--release", help="Folder with envelope.json and the released files.")
     ],
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="This node's policy file: needed for a release of a bundled task."
+        ),
+    ] = None,
 ) -> None:
     """Verify and install a release by hand (e.g. one exported with `federator models
-    export`); a refusal says why and leaves the installed model as it was."""
+    export`); a refusal says why and leaves the installed model as it was. A release of a
+    task of the coordinator's own carries its task bundle, which the policy must allow."""
     from federator.client.actions import run_action
+    from federator.client.node_policy import load_policy
 
     def go() -> None:
         s = ModelStore.reopen(store)
+        rules = load_policy(policy) if policy is not None else None
         envelope_path = release / ENVELOPE
         if not envelope_path.is_file():
             raise ReleaseRefused(f"{release} holds no {ENVELOPE} (unsigned)")
         files = {
             p.name: p.read_bytes() for p in release.iterdir() if p.is_file() and p.name != ENVELOPE
         }
-        version = s.install(envelope_path.read_text(), files)
+        version = s.install(envelope_path.read_text(), files, policy=rules)
         out.print(f"{s.model}: installed version {version}")
 
     run_action(go)

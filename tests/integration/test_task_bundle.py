@@ -81,7 +81,7 @@ def _start_partners(d: dict[str, Any], digest: str) -> dict[str, subprocess.Pope
     policies = {
         "site-a": f'allowed_tasks = [{{ name = "{TASK}", sha256 = "{digest}" }}]\n',
         "site-b": "trust_release_key = true\n",
-        "site-c": f'allowed_tasks = ["digits-mlp", {{ name = "{TASK}", sha256 = "{"0" * 64}" }}]\n',
+        "site-c": f'allowed_tasks = [{{ name = "{TASK}", sha256 = "{"0" * 64}" }}]\n',
     }
     nodes = {}
     for i, name in enumerate(NODES):
