@@ -39,10 +39,12 @@ def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
                 "federator.config_hash": plan.config_hash,
                 "federator.code_version": code_version,
                 "federator.config_source": plan.source,
+                **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
             },
         )
         io.log_params(client, run.info.run_id, plan.flat_params())
         client.log_dict(run.info.run_id, dict(plan.resolved), "federation/config.json")
+        _log_bundle(client, run.info.run_id, plan)
         io.ensure_registered_model(
             client,
             tr.registered_model,
@@ -53,6 +55,16 @@ def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
     except Exception as err:
         raise TrackingError(f"MLflow at {tr.uri} refused to open the run: {err}") from err
     return run
+
+
+def _log_bundle(client: Any, run_id: str, plan: FederationPlan) -> None:
+    """The run's task bundle (the code its models are trained with), beside its config."""
+    if plan.task_bundle is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in plan.task_bundle.files().items():
+            (Path(tmp) / name).write_bytes(data)
+        client.log_artifacts(run_id, tmp, artifact_path="federation/task-bundle")
 
 
 def reopen_run(client: Any, plan: FederationPlan, run_id: str) -> Any:
@@ -71,6 +83,12 @@ def reopen_run(client: Any, plan: FederationPlan, run_id: str) -> Any:
             f"run {run_id} was made with another config (hash "
             f"{tags.get('federator.config_hash', '?')[:12]}, this one "
             f"{plan.config_hash[:12]}); resume with the same config"
+        )
+    bundle = plan.task_bundle.digest if plan.task_bundle else None
+    if tags.get("federator.task_bundle") != bundle:
+        raise ConfigError(
+            f"run {run_id} was trained with task bundle {tags.get('federator.task_bundle')}, "
+            f"this submission carries {bundle}: resume with the same task code"
         )
     return run
 

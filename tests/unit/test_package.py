@@ -22,6 +22,7 @@ PUBLIC = {
         "RegistryError",
         "ReleaseRefused",
         "SignatureInvalid",
+        "TaskBundleRefused",
         "TaskError",
         "TrackingError",
         "UpdateRejected",

@@ -285,3 +285,57 @@ def test_packing_refuses_what_could_not_run(tmp_path: Path, raw_config: dict[str
     with pytest.raises(ConfigError, match="not installed here either: no-such-package"):
         pack_task(build_plan(missing, source="t"), missing, config=tmp_path / "fed.toml")
     assert pack_task(build_plan(raw_config, source="t"), raw_config, config=tmp_path) is None
+
+
+# -- a release of a bundled task: the store checks, keeps and loads the bundle ----------------
+
+
+def _bundled_release(keys: Any, tmp_path: Path, bundle: TaskBundle, version: int) -> Any:
+    from federator.client.tasks import DIGITS_MLP
+    from federator.client.weights import model_arrays, save_safetensors
+    from federator.server.releases import ReleaseSigner
+
+    folder = tmp_path / f"v{version}"
+    folder.mkdir()
+    save_safetensors(model_arrays(DIGITS_MLP.build_model()), folder / "weights.safetensors")
+    (folder / "lineage.json").write_text("{}")
+    return ReleaseSigner(load_private_key(keys.private)).sign(
+        model="unit", version=version, previous_version=None, round=version, federation="unit",
+        run_id="r", task=bundle.task, reasons=["ok"], metrics={}, folder=folder, bundle=bundle,
+    )  # fmt: skip
+
+
+def test_a_bundled_release_installs_only_as_the_policy_allows_and_predicts_from_the_store(
+    tmp_path: Path, keys: Any
+) -> None:
+    from federator.client.store import ModelStore
+
+    module, source = _module(tmp_path)
+    bundle = _bundle(keys, pack_source(source, module=module), module)
+    store = ModelStore.open(tmp_path / "store", pinned_key=keys.public, model="unit")
+    release = _bundled_release(keys, tmp_path, bundle, 1)
+    assert set(release.files) == {
+        "weights.safetensors", "lineage.json", "task.zip", "task.envelope.json",
+    }  # fmt: skip
+    with pytest.raises(TaskBundleRefused, match="no policy file"):
+        store.install(release.envelope, release.files)
+    other = parse_policy(_pin(replace(bundle, digest="0" * 64)), source="p")
+    with pytest.raises(TaskBundleRefused, match="does not allow"):
+        store.install(release.envelope, release.files, policy=other)
+    without = {k: v for k, v in release.files.items() if k != "task.zip"}
+    with pytest.raises(Exception, match="missing"):
+        store.install(release.envelope, without, policy=parse_policy(_pin(bundle), source="p"))
+    assert store.current_version() is None
+    assert module not in sys.modules
+    assert (
+        store.install(
+            release.envelope, release.files, policy=parse_policy(_pin(bundle), source="p")
+        )
+        == 1
+    )
+    # `node predict`: the task comes from the bundle kept with the version, nowhere else.
+    task = ModelStore.reopen(tmp_path / "store").task()
+    assert task.name == "digits-mlp"
+    assert sys.modules[module].__file__.startswith(
+        str(tmp_path / "store" / "tasks" / bundle.digest)
+    )
