@@ -85,8 +85,12 @@ def simulate(
     resume: str | None = None,
     verbose: bool = False,
     nodes: SimulatedNodes | None = None,
+    stock_flower: bool = False,
 ) -> FederationSummary:
     """Run ``plan`` with ``plan.data.clients`` simulated nodes and return its summary.
+
+    Flower's Simulation Engine dispatches messages every 0.01 s rather than 0.1 s
+    (`federator.server.federation.app.simulation_dispatch`); ``stock_flower`` keeps Flower's.
 
     The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan),
     bound into the ClientApp that Flower ships to its Ray workers. Errors raised by the
@@ -103,13 +107,17 @@ def simulate(
         _quiet_warnings()  # after Flower's import, which turns DeprecationWarnings back on
 
     from federator.client.app import build_client_app
-    from federator.server.federation.app import RunHandle, build_server_app
+    from federator.server.federation.app import RunHandle, build_server_app, simulation_dispatch
 
     client_app = build_client_app(simulated=nodes or simulated_nodes(plan))
     handle = RunHandle()
     server_app = build_server_app(plan, display=display, handle=handle, resume=resume)
     try:
-        with _flower_logging(verbose=verbose), warnings.catch_warnings():
+        with (
+            _flower_logging(verbose=verbose),
+            warnings.catch_warnings(),
+            simulation_dispatch(stock=stock_flower),
+        ):
             warnings.simplefilter("ignore", FutureWarning)  # Ray's accelerator-env tip
             run_simulation(
                 server_app=server_app,

@@ -15,9 +15,13 @@ piece                Flower internals it drives                   stock Flower i
 `secagg_workflow`    subclasses the legacy ``SecAggPlusWorkflow``  a node that drops in "setup" or
                      and edits its ``WorkflowState`` after the     "share keys" aborts the whole
                      setup and share-keys stages                   SecAgg+ round
+`sim_dispatch`       swaps ``vce_api.add_messages_to_queue`` for   simulated messages reach the
+                     the same loop with a 0.01 s wait, while a     workers every 0.1 s: each phase
+                     simulation runs (``simulate --stock-flower``  of a simulated round waits up
+                     keeps Flower's)                               to 0.1 s
 ===================  ==========================================  ===============================
 
-Upgrading Flower: ``tests/unit/test_flwr_compat_server.py`` runs both pieces against the
+Upgrading Flower: ``tests/unit/test_flwr_compat_server.py`` runs every piece against the
 installed flwr's real classes (``HttpGrid`` over an HTTP transport that answers as a SuperLink
 would, Flower's workflow on real messages); when it fails, fix the piece or run with
 ``--stock-flower`` until it is fixed. No upstream issue covers either behaviour yet.
@@ -26,6 +30,7 @@ would, Flower's workflow on real messages); when it fails, fix the piece or run 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from flwr.app import Message
@@ -34,6 +39,7 @@ from flwr.serverapp import Grid
 
 from federator.server._flwr_compat.patient_pull import deployed, pull_function
 from federator.server._flwr_compat.secagg_workflow import DropoutTolerantSecAggPlusWorkflow
+from federator.server._flwr_compat.sim_dispatch import quick_dispatch
 
 Pull = Callable[[Iterable[str]], list[Message]]
 
@@ -54,6 +60,10 @@ class FlowerCompat:
     def secagg_workflow(self) -> type[SecAggPlusWorkflow]:
         """The SecAgg+ workflow class a round runs."""
         return SecAggPlusWorkflow if self.stock else DropoutTolerantSecAggPlusWorkflow
+
+    def simulation_dispatch(self) -> AbstractContextManager[None]:
+        """Around ``run_simulation``: how often the Simulation Engine dispatches messages."""
+        return nullcontext() if self.stock else quick_dispatch()
 
     def describe(self) -> str:
         """One line for the run's log."""

@@ -253,6 +253,9 @@ def simulate(
             "--resume", help="Continue this MLflow run after its last checkpoint (same config)."
         ),
     ] = None,
+    stock_flower: Annotated[
+        bool, typer.Option("--stock-flower", help="Flower's own 0.1 s dispatch (slower rounds).")
+    ] = False,
 ) -> None:
     """Run CONFIG as a local federation on Flower's Simulation Engine."""
     _quiet_libraries(verbose)
@@ -269,7 +272,8 @@ def simulate(
         out.print(
             f"[dim]starting {plan.data.clients} simulated clients on Flower's Simulation Engine…[/]"
         )
-        run_sim(plan, display=RichProgress(out), resume=resume, verbose=verbose)
+        display = RichProgress(out)
+        run_sim(plan, display=display, resume=resume, verbose=verbose, stock_flower=stock_flower)
 
     run_action(go)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,13 @@ def _compat_from(context: Context) -> FlowerCompat:
     return compat
 
 
+def simulation_dispatch(*, stock: bool = False) -> AbstractContextManager[None]:
+    """Around ``run_simulation``: Flower's Simulation Engine hands messages to its workers
+    every 0.01 s instead of every 0.1 s (``stock``: Flower's own), so simulated rounds are
+    not rounded up to 0.1 s steps (`federator.server._flwr_compat.sim_dispatch`)."""
+    return FlowerCompat(stock=stock).simulation_dispatch()
+
+
 def build_server_app(
     plan: FederationPlan | None = None,
     *,
@@ -132,4 +140,4 @@ def build_server_app(
 
 app = build_server_app()
 
-__all__ = ["CONFIG_KEY", "RunHandle", "app", "build_server_app"]
+__all__ = ["CONFIG_KEY", "RunHandle", "app", "build_server_app", "simulation_dispatch"]

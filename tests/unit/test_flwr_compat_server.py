@@ -162,3 +162,54 @@ def test_the_secagg_switch_picks_flowers_workflow_or_our_subclass() -> None:
     for stage in ("setup_stage", "share_keys_stage"):
         params = list(inspect.signature(getattr(SecAggPlusWorkflow, stage)).parameters)
         assert params == ["self", "grid", "context", "state"], stage
+
+
+def test_flowers_dispatch_loop_is_the_one_the_quick_dispatch_copies() -> None:
+    """``run_api`` starts the loop by its module-global name, and the loop is still one pass
+    over the nodes (one message each), then a 0.1 s wait: what `quick_dispatch` copies."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    assert "add_messages_to_queue" in vce_api.run_api.__code__.co_names
+    params = list(inspect.signature(vce_api.add_messages_to_queue).parameters)
+    assert params == ["state", "queue", "nodes_mapping", "f_stop"]
+    source = inspect.getsource(vce_api.add_messages_to_queue)
+    assert "state.get_message_ins(node_id=node_id, limit=1)" in source
+    assert "f_stop.wait(0.1)" in source
+
+
+def test_the_dispatch_switch_swaps_flowers_loop_for_the_quick_one_and_back() -> None:
+    """Inside the switch the engine would start our loop (``run_api`` looks it up by name,
+    above); the stock switch leaves Flower's; both put Flower's back. End to end, every
+    simulation in the integration suite dispatches through the quick loop."""
+    import threading
+    from queue import Queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    flowers = vce_api.add_messages_to_queue
+    with FlowerCompat(stock=True).simulation_dispatch():
+        assert vce_api.add_messages_to_queue is flowers
+    with FlowerCompat().simulation_dispatch():
+        ours = vce_api.add_messages_to_queue
+        assert ours is not flowers
+    assert vce_api.add_messages_to_queue is flowers
+
+    class State:  # answers as the in-memory LinkState does: one message per node and pass
+        def __init__(self) -> None:
+            self.waiting = {7: ["a", "b"], 9: ["c"]}
+
+        def get_message_ins(self, *, node_id: int, limit: int) -> list[str]:
+            taken, self.waiting[node_id] = (
+                self.waiting[node_id][:limit],
+                self.waiting[node_id][limit:],
+            )
+            return taken
+
+    queue: Queue[object] = Queue()
+    stop = threading.Event()
+    thread = threading.Thread(target=ours, args=(State(), queue, {7: 0, 9: 1}, stop))
+    thread.start()
+    got = [queue.get(timeout=5) for _ in range(3)]
+    stop.set()
+    thread.join(timeout=5)
+    assert got == ["a", "c", "b"]  # one per node per pass, as Flower's loop hands them out
