@@ -84,7 +84,7 @@ class ClassificationTask:
         total_loss, correct = 0.0, 0
         images = data.x.ndim == 4
         if images:
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         try:
             with torch.inference_mode():
                 for xb, yb in DataLoader(_tensors(data), batch_size=_EVAL_BATCH):
@@ -95,7 +95,7 @@ class ClassificationTask:
                     correct += int((logits.argmax(1) == yb).sum())
         finally:
             if images:
-                model.to(memory_format=torch.contiguous_format)
+                model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         n = len(data)
         return Evaluation(loss=total_loss / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
 
