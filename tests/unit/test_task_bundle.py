@@ -339,3 +339,17 @@ def test_a_bundled_release_installs_only_as_the_policy_allows_and_predicts_from_
     assert sys.modules[module].__file__.startswith(
         str(tmp_path / "store" / "tasks" / bundle.digest)
     )
+
+
+def test_a_bundle_over_the_nodes_limit_is_refused_before_import(
+    plan: FederationPlan, tmp_path: Path, keys: Any
+) -> None:
+    module, source = _module(tmp_path)
+    bundle = _bundle(keys, pack_source(source, module=module), module)
+    policy = _pin(bundle) + "max_task_bundle_bytes = 100\n"
+    reply = _train(plan, bundle, _node(tmp_path, keys, policy), bundle_run_config(bundle))
+    assert reply.has_error()
+    assert f"the task bundle is {len(bundle.archive):,} bytes, more than this node's limit" in (
+        reply.error.reason
+    )
+    assert module not in sys.modules
