@@ -70,13 +70,21 @@ def node_models(store: StoreOpt) -> None:
     def go() -> None:
         s = ModelStore.reopen(store)
         table = Table(title=f"{s.model} @ {store}", title_justify="left")
-        for col in ("version", "round", "federation", "released", "current"):
+        for col in ("version", "round", "federation", "released", "expires", "current"):
             table.add_column(col)
         for v in s.versions():
+            expires = v.expires_at or "never"
             table.add_row(
-                str(v.version), str(v.round), v.federation, v.created_at, "●" if v.current else ""
+                str(v.version),
+                str(v.round),
+                v.federation,
+                v.created_at,
+                f"[red]{expires} (expired)[/]" if v.expired() else expires,
+                "●" if v.current else "",
             )
         out.print(table)
+        if any(v.current and v.expired() for v in s.versions()):
+            out.print("[red]the current model's release has expired[/]: no newer one arrived")
 
     run_action(go)
 
@@ -90,12 +98,23 @@ def node_init(
     ],
     model: Annotated[str, typer.Option("--model", help="The registered model this node accepts.")],
     keep: Annotated[int, typer.Option("--keep", help="Versions to keep.")] = 3,
+    high_water: Annotated[
+        int | None,
+        typer.Option(
+            "--high-water",
+            help="After a lost state.json: the highest version this node ever installed.",
+        ),
+    ] = None,
 ) -> None:
-    """Create a model store that accepts releases of MODEL signed with the pinned key."""
+    """Create a model store that accepts releases of MODEL signed with the pinned key (or,
+    with --high-water, restore a store's replay protection after its state.json was lost)."""
     from federator.client.actions import run_action
 
     def go() -> None:
         s = ModelStore.open(store, pinned_key=pinned_key, model=model, keep=keep)
+        if high_water is not None:
+            s.repair_high_water(high_water)
+            out.print(f"replay protection: no version up to {high_water} is installed again")
         out.print(f"model store for {s.model!r} at {store} (keeps {s.keep} versions)")
 
     run_action(go)
@@ -179,6 +198,11 @@ def node_predict(
     def go() -> None:
         s = ModelStore.reopen(store)
         task = s.task()
+        if any(v.current and v.expired() for v in s.versions()):
+            Console(stderr=True).print(
+                "[red]warning[/]: the installed model's release has expired (no newer release "
+                "arrived); its predictions may be stale"
+            )
         x = _read_input(input_file)
         shape = tuple(task.input_shape)
         if x.ndim == 1 or tuple(x.shape[1:]) != shape:

@@ -71,8 +71,8 @@ def node_start(
 
     def go() -> None:
         node_kit = load_node_kit(kit)
-        found = check_node(node_kit, data=data, policy=policy)
         folder = state or kit / "state"
+        found = check_node(node_kit, data=data, policy=policy, state=folder)
         node = start_node(
             node_kit,
             data=data,

@@ -85,6 +85,9 @@ class Predicate(BaseModel):
     # release then carries the bundle (`federator.client.bundle`) as two more files.
     task_bundle: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     created_at: str
+    # After this instant (ISO 8601, UTC) no node installs the release, and a node serving it
+    # knows its model is stale; None: a release signed before releases expired.
+    expires_at: str | None = None
     gate: Gate
 
 

@@ -9,8 +9,11 @@ Layout under the store root::
     tasks/<sha256>/       task bundles, extracted (`federator.client.bundle`)
 
 A release is installed only if its signature verifies with the pinned key, it names this
-node's model, it is newer than every version installed before (an older or re-sent version is
-a replay), and the files are exactly the signed ones. Installation writes into a temporary
+node's model, it has not expired, it is newer than every version installed before (an older or
+re-sent version is a replay), and the files are exactly the signed ones. The highest version
+ever installed is ``state.json``'s, and never less than the newest version kept: a store whose
+``state.json`` is lost or behind what it keeps is refused (`check_state`) until the partner
+restores it, so replay protection never restarts silently. Installation writes into a temporary
 folder, fsyncs, renames, then switches ``current``: a crash leaves the old model in place.
 The installed model is never unpickled: weights load from safetensors into the task's model.
 """
@@ -23,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -55,6 +59,46 @@ class StoredVersion:
     federation: str
     created_at: str
     current: bool
+    expires_at: str | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether the release's validity has run out (``now``: default the clock)."""
+        return _expired(self.expires_at, now)
+
+
+def _expired(expires_at: str | None, now: datetime | None) -> bool:
+    if expires_at is None:
+        return False
+    return (now or datetime.now(UTC)) >= datetime.fromisoformat(expires_at)
+
+
+def _recorded_high_water(root: Path) -> int | None:
+    try:
+        return int(json.loads((root / "state.json").read_text())["high_water"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _kept(root: Path) -> list[int]:
+    versions = root / "versions"
+    if not versions.is_dir():
+        return []
+    return sorted(int(f.name) for f in versions.iterdir() if f.name.isdigit())
+
+
+def check_store_state(root: Path) -> None:
+    """`ReleaseRefused` if the store at ``root`` has lost its ``state.json``, or it is behind
+    the versions kept: replay protection would otherwise restart from whatever is left."""
+    kept, recorded = _kept(root), _recorded_high_water(root)
+    if not kept or (recorded is not None and recorded >= kept[-1]):
+        return
+    problem = "is missing or unreadable" if recorded is None else f"says {recorded}"
+    raise ReleaseRefused(
+        f"{root / 'state.json'} {problem}, but versions up to {kept[-1]} are kept: replay "
+        "protection cannot tell which versions this node already installed. Restore "
+        "state.json from a backup, or set the highest version this node ever installed: "
+        f"federator node init --store {root} --high-water N"
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,12 +165,26 @@ class ModelStore:
             return None
         return int(Path(os.readlink(link)).name)
 
+    def _kept(self) -> list[int]:
+        return _kept(self.root)
+
     def high_water(self) -> int:
-        """The highest version ever installed here (0 if none)."""
-        try:
-            return int(json.loads((self.root / "state.json").read_text())["high_water"])
-        except (OSError, ValueError, KeyError):
-            return 0
+        """The highest version ever installed here (0 if none): ``state.json``'s, and never
+        less than the newest version kept."""
+        return max(_recorded_high_water(self.root) or 0, *self._kept(), 0)
+
+    def check_state(self) -> None:
+        """`check_store_state` of this store."""
+        check_store_state(self.root)
+
+    def repair_high_water(self, version: int) -> None:
+        """Record ``version`` as the highest ever installed (the partner's word, after a lost
+        ``state.json``); never below a version kept."""
+        if version < max(self._kept(), default=0):
+            raise ReleaseRefused(
+                f"--high-water {version} is below version {max(self._kept())} kept here"
+            )
+        self._set_high_water(version)
 
     def _statement(self, version: int) -> Statement:
         return self._verified(version)[0]
@@ -157,6 +215,7 @@ class ModelStore:
                     federation=p.federation,
                     created_at=p.created_at,
                     current=p.version == current,
+                    expires_at=p.expires_at,
                 )
             )
         return sorted(out, key=lambda v: v.version, reverse=True)
@@ -191,17 +250,29 @@ class ModelStore:
     # -- changing ------------------------------------------------------------------------
 
     def install(
-        self, envelope: str, files: Mapping[str, bytes], *, policy: NodePolicy | None = None
+        self,
+        envelope: str,
+        files: Mapping[str, bytes],
+        *,
+        policy: NodePolicy | None = None,
+        now: datetime | None = None,
     ) -> int:
         """Verify and install a release; returns its version. `ReleaseRefused` (or its
         subclass `SignatureInvalid`) says why not, `TaskBundleRefused` if its task bundle may
-        not run here (``policy``: the node's); either leaves the store unchanged."""
+        not run here (``policy``: the node's); either leaves the store unchanged. ``now``:
+        the time its expiry is judged at (default: the clock)."""
+        self.check_state()
         statement = open_release(envelope, self._pinned)
         check_files(statement, files)  # integrity first: a tampered release is reported as such
         p = statement.predicate
         if p.model != self.model:
             raise ReleaseRefused(
                 f"the release is for model {p.model!r}, this node installs {self.model!r}"
+            )
+        if _expired(p.expires_at, now):
+            raise ReleaseRefused(
+                f"version {p.version} expired at {p.expires_at} (released {p.created_at}): "
+                "a stale model is not installed"
             )
         self._check_bundle(statement, files, policy)
         if p.version <= self.high_water():

@@ -29,6 +29,7 @@ from federator.client.processes import (
     node_config_string,
     wait_for_log,
 )
+from federator.client.store import check_store_state
 from federator.client.tasks import resolve_task
 from federator.client.wire import NodeConfigKey
 
@@ -42,8 +43,13 @@ class NodeStart:
     policy: NodePolicy | None
 
 
-def check_node(kit: NodeKit, *, data: Path, policy: Path | None) -> NodeStart:
-    """Everything `start_node` refuses on, without starting anything."""
+def check_node(
+    kit: NodeKit, *, data: Path, policy: Path | None, state: Path | None = None
+) -> NodeStart:
+    """Everything `start_node` refuses on, without starting anything (``state``: the node's
+    state folder, whose model store must not have lost its replay protection)."""
+    if state is not None:
+        check_store_state(state / "models")
     rules = load_policy(policy) if policy is not None else None
     if not data.exists():
         raise DataError(f"data path {data} does not exist")

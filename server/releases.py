@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -92,6 +92,10 @@ class PromotedVersion:
     folder: Path
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class ReleaseSigner:
     """Signs releases with the federation's Ed25519 key."""
 
@@ -113,10 +117,13 @@ class ReleaseSigner:
         metrics: Mapping[str, float],
         folder: Path,
         bundle: TaskBundle | None = None,
+        valid_for: timedelta | None = None,
+        now: Callable[[], datetime] = _utc_now,
     ) -> SignedRelease:
         """Sign the release of ``folder``'s weights and lineage as ``model`` ``version``;
         with the task ``bundle`` the model was trained with, if it has one (nodes keep it
-        with the version)."""
+        with the version); nodes refuse it after ``valid_for`` (None: never)."""
+        created = now()
         files = {name: (folder / name).read_bytes() for name in RELEASED_FILES}
         files |= bundle.files() if bundle else {}
         predicate = Predicate(
@@ -128,7 +135,8 @@ class ReleaseSigner:
             federation_run_id=run_id,
             task=task,
             task_bundle=bundle.digest if bundle else None,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=created.isoformat(timespec="seconds"),
+            expires_at=(created + valid_for).isoformat(timespec="seconds") if valid_for else None,
             gate=Gate(decision="promoted", reasons=list(reasons), metrics=dict(metrics)),
         )
         statement = build_statement(files, predicate)
@@ -271,6 +279,7 @@ class ReleaseService:
             metrics=promoted.metrics,
             folder=promoted.folder,
             bundle=plan.task_bundle,
+            valid_for=timedelta(days=plan.release.valid_days) if plan.release else None,
         )
 
     def committed(self, release: SignedRelease) -> None:

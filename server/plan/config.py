@@ -135,12 +135,16 @@ class ReleaseSection(_Section):
     ``public_key``: what simulated nodes pin (default: ``release.pub`` next to the signing key).
     ``passphrase_env``: the environment variable holding the signing key's passphrase.
     ``keep``: how many versions each simulated node keeps.
+    ``valid_days``: how long a release may be installed; after that nodes refuse it and
+    ``federator node models`` shows the installed one as expired (a cut release channel then
+    shows, instead of a stale model served forever).
     """
 
     signing_key: str | None = None
     passphrase_env: str | None = None
     public_key: str | None = None
     keep: Annotated[int, Field(ge=1, le=100)] = 3
+    valid_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
 
 
 class LocalDpSection(_Section):

@@ -22,6 +22,7 @@ class ReleasePlan:
     public_key: Path
     keep: int
     key_id: str
+    valid_days: float = 30.0
 
     def load_signing_key(self) -> Ed25519PrivateKey:
         return load_private_key(self.signing_key, passphrase=_passphrase(self.passphrase_env))
@@ -64,4 +65,5 @@ def release_plan(section: ReleaseSection) -> ReleasePlan | None:
         public_key=public_path,
         keep=section.keep,
         key_id=key_id(public),
+        valid_days=section.valid_days,
     )
