@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 
 from federator.strategies.grid import ForwardingGrid
 from federator.strategies.screening import ArraySpec, Screened, array_specs, screen_replies
+from federator.strategies.update_rules import UpdateRules, screen_updates
 
 NodeOrder = Callable[[int], str]
 
@@ -93,11 +94,20 @@ class Guarded(Strategy):
     loop uses them); Flower's ``aggregate_*`` methods return only what Flower expects.
     """
 
-    def __init__(self, inner: Strategy, *, seed: int, node_order: NodeOrder | None = None):
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        seed: int,
+        node_order: NodeOrder | None = None,
+        rules: UpdateRules | None = None,
+    ):
         self.inner = inner
         self._seed = seed
         self._node_order: NodeOrder = node_order or str
+        self._rules = rules or UpdateRules(max_norm_ratio=None)
         self._expected: dict[str, ArraySpec] | None = None
+        self._global: ArrayRecord | None = None
 
     def summary(self) -> None:
         self.inner.summary()
@@ -106,6 +116,7 @@ class Guarded(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._expected = array_specs(arrays)
+        self._global = arrays
         with _seeded_random(self._seed, server_round, "train"):
             return list(
                 self.inner.configure_train(
@@ -114,8 +125,11 @@ class Guarded(Strategy):
             )
 
     def train_round(self, server_round: int, replies: Iterable[Message]) -> Trained:
-        """Screen the train replies, aggregate the accepted ones."""
+        """Screen the train replies (structure, then size and direction), aggregate the
+        accepted ones."""
         screened = screen_replies(replies, expected=self._expected)
+        if self._global is not None:
+            screened = screen_updates(screened, self._global, self._rules)
         if not screened.accepted:
             return Trained(None, None, screened)
         arrays, metrics = self.inner.aggregate_train(server_round, screened.messages())

@@ -59,6 +59,9 @@ class Screened:
 
     accepted: list[ClientReply]
     rejected: list[Rejection]
+    # The largest update norm ÷ the round's median, before the size rules (update screening
+    # on, at least 2 updates): how far apart honest clients are, to set the bound by.
+    spread: float | None = None
 
     def messages(self) -> list[Message]:
         """The accepted messages, in the stable order."""

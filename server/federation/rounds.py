@@ -51,6 +51,11 @@ from federator.strategies.guarded import Evaluated, Trained
 MAX_CONSECUTIVE_SKIPS = 3
 
 
+def _spread(screened: Screened) -> dict[str, float]:
+    """The round's update-norm spread (max ÷ median), MLflow's ``train/update-norm-spread``."""
+    return {} if screened.spread is None else {"update-norm-spread": screened.spread}
+
+
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
     """The scalar entries of an aggregated MetricRecord."""
     return {k: float(v) for k, v in (record or {}).items() if isinstance(v, int | float)}
@@ -121,7 +126,9 @@ class Federation:
         central = plan.privacy.central
         self.central: CentralDp | None = central_dp(self._base, central) if central else None
         inner: Strategy = self.central.strategy if self.central else self._base
-        self.strategy = Guarded(inner, seed=plan.seed, node_order=directory.order_key)
+        self.strategy = Guarded(
+            inner, seed=plan.seed, node_order=directory.order_key, rules=plan.screening
+        )
         self._loop = _LoopState(arrays=initial_arrays(plan.task(), plan.seed))
         self.checkpointer = checkpointer or Checkpointer()
         self.checkpointer.register(Component.LOOP, self._loop)
@@ -260,7 +267,7 @@ class Federation:
             train_clients=self._results(train.result.screened),
             eval_clients=[],
             refusals=self._refusals(train.result.screened, "train"),
-            train_metrics=_scalars(train.result.metrics),
+            train_metrics=_scalars(train.result.metrics) | _spread(train.result.screened),
             eval_metrics={},
             server_eval=None,
             decision=None,

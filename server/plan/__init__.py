@@ -32,6 +32,7 @@ from federator.server.plan.privacy import PrivacyPlan, privacy_plan, privacy_pro
 from federator.server.plan.release import ReleasePlan, release_plan
 from federator.simulations.partition import SimulationData
 from federator.strategies import STRATEGIES, Sampling, StrategySpec
+from federator.strategies.update_rules import UpdateRules
 
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
 
@@ -92,6 +93,7 @@ class FederationPlan:
     task_ref: str
     data: SimulationData
     strategy: StrategyPlan
+    screening: UpdateRules
     training: TrainSettings
     tracking: TrackingPlan
     gate: GateSection
@@ -326,6 +328,7 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
             min_replies=cfg.strategy.min_replies,
             round_timeout=cfg.strategy.round_timeout,
         ),
+        screening=cfg.screening,
         training=TrainSettings(
             **cfg.training.model_dump(),
             proximal_mu=float(getattr(params, "proximal_mu", 0.0)),

@@ -27,6 +27,7 @@ from federator.simulations.partition import (
     ShardsPerClient,
     ValFraction,
 )
+from federator.strategies.update_rules import UpdateRules
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
@@ -223,6 +224,8 @@ class FederationConfig(_Section):
     task: TaskSection
     data: DataSection
     strategy: StrategySection = Field(default_factory=StrategySection)
+    # Training updates screened by size and direction (`federator.strategies.update_rules`).
+    screening: UpdateRules = Field(default_factory=UpdateRules)
     training: TrainingSection = Field(default_factory=TrainingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     gate: GateSection = Field(default_factory=GateSection)
