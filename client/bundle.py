@@ -267,9 +267,7 @@ def extract_bundle(bundle: TaskBundle, root: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(archive.read(member))
         (tmp / TASK_ENVELOPE).write_text(bundle.envelope)
-        if final.exists():
-            shutil.rmtree(final)  # a leftover of an extraction that never finished
-        os.rename(tmp, final)
+        _publish(tmp, final)
     except zipfile.BadZipFile as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise TaskBundleRefused(f"the task bundle is not a readable zip archive ({err})") from None
@@ -277,6 +275,23 @@ def extract_bundle(bundle: TaskBundle, root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished extraction into place; another process that got there first wins
+    (both extracted the same verified bytes), and a leftover without its envelope — an
+    extraction that never finished — is replaced."""
+    if (final / TASK_ENVELOPE).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if final.exists():
+        shutil.rmtree(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / TASK_ENVELOPE).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def import_bundled(bundle: TaskBundle, root: Path) -> Task:

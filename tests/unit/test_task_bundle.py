@@ -353,3 +353,17 @@ def test_a_bundle_over_the_nodes_limit_is_refused_before_import(
         reply.error.reason
     )
     assert module not in sys.modules
+
+
+def test_extraction_is_published_once_and_a_leftover_is_replaced(tmp_path: Path, keys: Any) -> None:
+    from federator.client.bundle import extract_bundle
+
+    module, source = _module(tmp_path)
+    bundle = _bundle(keys, pack_source(source, module=module), module)
+    root = tmp_path / "tasks"
+    (root / bundle.digest / "src").mkdir(parents=True)  # an extraction that never finished
+    (root / bundle.digest / "src" / "junk.py").write_text("x = 1\n")
+    folder = extract_bundle(bundle, root)
+    assert sorted(p.name for p in (folder / "src").iterdir()) == [f"{module}.py"]
+    assert extract_bundle(bundle, root) == folder  # already there: used as it is
+    assert [p.name for p in root.iterdir()] == [bundle.digest]  # no .incoming- left behind
