@@ -29,7 +29,6 @@ code the model was trained with beside it (`federator.client.store`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.metadata
 import io
 import os
@@ -52,6 +51,7 @@ from federator.client.release import (
     build_statement,
     open_envelope,
     parse_signed,
+    sha256,
     sign_statement,
 )
 from federator.client.tasks import Task, resolve_task
@@ -110,10 +110,6 @@ class TaskBundle:
         return {TASK_ARCHIVE: self.archive, TASK_ENVELOPE: self.envelope.encode()}
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _pep508(text: str) -> str:
     try:
         Requirement(text)
@@ -169,7 +165,7 @@ def sign_bundle(archive: bytes, predicate: BundlePredicate, key: Ed25519PrivateK
         {TASK_ARCHIVE: archive}, predicate, predicate_type=TASK_PREDICATE_TYPE
     )
     envelope = sign_statement(statement, key)
-    return TaskBundle(archive, envelope, sha256_hex(archive), predicate)
+    return TaskBundle(archive, envelope, sha256(archive), predicate)
 
 
 # -- opening (a node, the coordinator's ServerApp, `node predict`) ----------------------------
@@ -193,7 +189,7 @@ def open_bundle(
     subject = statement.subject[0]
     if subject.name != TASK_ARCHIVE:
         raise TaskBundleRefused(f"the task bundle's statement names {subject.name!r}, not task.zip")
-    digest = sha256_hex(archive)
+    digest = sha256(archive)
     if digest != subject.digest.sha256:
         raise TaskBundleRefused(
             f"task.zip does not match its signed sha256 digest (altered or truncated): "

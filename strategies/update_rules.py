@@ -71,11 +71,8 @@ def _flat_update(
 
 
 def _flatten(arrays: ArrayRecord) -> npt.NDArray[np.float64]:
-    parts = [
-        a.numpy().astype(np.float64, copy=False).ravel()
-        for _, a in sorted(arrays.items())
-        if a.numpy().dtype.kind == "f"
-    ]
+    decoded = (a.numpy() for _, a in sorted(arrays.items()))  # each array decoded once
+    parts = [v.astype(np.float64, copy=False).ravel() for v in decoded if v.dtype.kind == "f"]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

@@ -8,7 +8,7 @@ federator bundle CONFIG           the task bundle `run` would send, and how part
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -113,14 +113,12 @@ def run_command(
     from federator.client.actions import run_action
     from federator.server.cli import _overrides
     from federator.server.deploy.kits import load_coordinator_kit
-    from federator.server.deploy.submit import submit_run, submitted_config
-    from federator.server.plan import resolve_config_path
+    from federator.server.deploy.submit import submit_run
 
     def go() -> None:
         coordinator_kit = load_coordinator_kit(kit)
         overrides = _overrides(rounds, None, None, None, set_)
-        bundle = _bundle(config, overrides)
-        _, raw = submitted_config(resolve_config_path(config), overrides=overrides)
+        raw, bundle = _bundle(config, overrides)
         state = kit / "state"
         state.mkdir(parents=True, exist_ok=True)
         status = submit_run(
@@ -139,8 +137,9 @@ def run_command(
     run_action(go)
 
 
-def _bundle(config: str, overrides: list[Override]) -> TaskBundle | None:
-    """The signed bundle of CONFIG's task (None: a built-in), shown in a table."""
+def _bundle(config: str, overrides: list[Override]) -> tuple[dict[str, Any], TaskBundle | None]:
+    """CONFIG as it will be submitted, and the signed bundle of its task (None: a built-in),
+    shown in a table."""
     from federator.server.cli import _import_path_for
     from federator.server.deploy.bundle import describe, pack_task
     from federator.server.deploy.submit import submitted_config
@@ -157,7 +156,7 @@ def _bundle(config: str, overrides: list[Override]) -> TaskBundle | None:
         for row in describe(bundle):
             table.add_row(*row)
         out.print(table)
-    return bundle
+    return raw, bundle
 
 
 def bundle_command(
@@ -168,7 +167,7 @@ def bundle_command(
     from federator.client.actions import run_action
 
     def go() -> None:
-        if _bundle(config, []) is None:
+        if _bundle(config, [])[1] is None:
             out.print("the task is a built-in: nothing to bundle, every node has it")
 
     run_action(go)
