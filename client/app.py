@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from federator import FederatorError, ReleaseRefused, TaskBundleRefused, __version__
 from federator.client._privacy import DP_STEPS, dp_metrics, private_settings
 from federator.client._secagg import secagg_handler
+from federator.client.identity import sign_hello
 from federator.client.instructions import Instructions, read_instructions
 from federator.client.local_data import load_node_data
 from federator.client.mods import packed_io, refusing
@@ -40,11 +41,13 @@ from federator.client.node import (
 from federator.client.tasks import Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.client.wire import (
+    CHALLENGE_KEY,
     FILE_PREFIX,
     INSTALLED_KEY,
     LABEL_KEY,
     META_KEY,
     NUM_EXAMPLES,
+    PROOF_KEY,
     RELEASE_ACTION,
     RELEASE_KEY,
     SECAGG_ACTION,
@@ -181,9 +184,17 @@ def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None
 
 
 def hello(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:
-    """Introduce this node: its label and Federator version (sent once per federation)."""
+    """Introduce this node: its label and Federator version (sent once per federation), and,
+    when it has an identity key, its signature over the coordinator's challenge
+    (`federator.client.identity`): the proof that it is the provisioned node it names."""
     node = node_config(context, simulated=simulated)
-    return Message(content=RecordDict({META_KEY: _meta(node)}), reply_to=msg)
+    meta = _meta(node)
+    challenge = msg.content.config_records.get("config", ConfigRecord()).get(CHALLENGE_KEY)
+    if node.identity_key is not None and isinstance(challenge, bytes):
+        meta[PROOF_KEY] = sign_hello(
+            node.identity_key, node_id=context.node_id, nonce=challenge, label=node.label
+        )
+    return Message(content=RecordDict({META_KEY: meta}), reply_to=msg)
 
 
 def release(msg: Message, context: Context, *, simulated: SimulatedNodes | None = None) -> Message:

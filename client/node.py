@@ -56,6 +56,7 @@ class NodeConfig:
     __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="ignore")
 
     name: Annotated[Text | None, Field(alias=NodeConfigKey.NAME)] = None
+    identity_key: Annotated[FilePath | None, Field(alias=NodeConfigKey.IDENTITY_KEY)] = None
     partition_id: Annotated[int | None, Field(alias=NodeConfigKey.PARTITION_ID, ge=0)] = None
     num_partitions: Annotated[int | None, Field(alias=NodeConfigKey.NUM_PARTITIONS, ge=1)] = None
     data: Annotated[FilePath | None, Field(alias=NodeConfigKey.DATA)] = None

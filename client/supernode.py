@@ -170,6 +170,7 @@ def _flower_args(
     """Flower's SuperNode arguments: TLS to the coordinator, the node's key, its node config."""
     node_config: dict[str, str | int | float] = {
         NodeConfigKey.NAME: kit.node,
+        NodeConfigKey.IDENTITY_KEY: str(kit.node_key.resolve()),
         NodeConfigKey.DATA: str(data.resolve()),
         NodeConfigKey.PRIVACY_LEDGER: str((state / "privacy-ledger.json").resolve()),
         NodeConfigKey.STORE: str((state / "models").resolve()),

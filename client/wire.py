@@ -25,10 +25,15 @@ TASK_BUNDLE_KEY = "federator-task-bundle"
 TASK_ENVELOPE_KEY = "federator-task-envelope"
 
 # -- hello (query): who a node is -----------------------------------------------------------
+# The coordinator's hello is the ConfigRecord "config" holding {HELLO_KEY: 1, CHALLENGE_KEY:
+# 32 random bytes}; a deployed node signs the challenge (`federator.client.identity`).
+HELLO_KEY = "hello"
+CHALLENGE_KEY = "challenge"
 META_KEY = "federator"  # the ConfigRecord of a node's hello reply
 LABEL_KEY = "label"  # the node's label (its configured name, or its simulation partition)
 VERSION_KEY = "federator-version"  # the node's Federator version
 INSTALLED_KEY = "installed-version"  # the registry version of the model it has installed
+PROOF_KEY = "identity-proof"  # its signature over the challenge, made with its node key
 
 # -- releases (query.release) ---------------------------------------------------------------
 # A release is the DSSE envelope and one bytes entry per file ("file:<name>") in the
@@ -69,6 +74,7 @@ class NodeConfigKey(StrEnum):
     """The keys of a node's Flower node config that Federator reads."""
 
     NAME = "name"  # a deployed node's label
+    IDENTITY_KEY = "identity-key"  # its kit's node.key, which signs the hello challenge
     PARTITION_ID = "partition-id"  # a simulated node's partition (Flower's name)
     NUM_PARTITIONS = "num-partitions"  # how many simulated nodes there are (Flower's name)
     DATA = "data"  # a deployed node's own data file

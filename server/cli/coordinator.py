@@ -113,6 +113,7 @@ def run_command(
     from federator.client.actions import run_action
     from federator.server.cli import _overrides
     from federator.server.deploy.kits import load_coordinator_kit
+    from federator.server.deploy.manifest import NODES_DIR
     from federator.server.deploy.submit import submit_run
 
     def go() -> None:
@@ -130,6 +131,7 @@ def run_command(
             resume=resume,
             stock_flower=stock_flower,
             bundle=bundle,
+            node_keys=coordinator_kit.folder / NODES_DIR,
         )
         if status != "finished:completed":
             raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")

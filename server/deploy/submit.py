@@ -21,6 +21,7 @@ from federator.client.bundle import TaskBundle, bundle_run_config
 from federator.client.processes import flower_command, flower_env
 from federator.server.deploy.coordinator import flwr_cli, write_flwr_home
 from federator.server.federation.run_config import (
+    NODE_KEYS_KEY,
     RESUME_KEY,
     STOCK_FLOWER_KEY,
     SUBMITTED_KEY,
@@ -67,6 +68,7 @@ def submit_run(
     resume: str | None = None,
     stock_flower: bool = False,
     bundle: TaskBundle | None = None,
+    node_keys: Path | None = None,
     echo: Callable[[str], None] = _echo,
 ) -> str:
     """Submit the config ``raw`` (from `submitted_config`), stream its logs (to ``echo``)
@@ -76,13 +78,16 @@ def submit_run(
     the SuperLink afterwards. ``resume``: an MLflow run id to continue after its last
     checkpoint (after a coordinator restart). ``stock_flower``: the ServerApp uses none of
     Federator's Flower patches. ``bundle``: the task's signed bundle (`pack_task`), which the
-    run config carries to the ServerApp and every node. `DeploymentError` if nothing was
-    submitted."""
+    run config carries to the ServerApp and every node. ``node_keys``: the coordinator kit's
+    ``nodes/`` folder, whose keys each node must prove it holds (None: names unchecked).
+    `DeploymentError` if nothing was submitted."""
     home = write_flwr_home(
         state / "flwr-submit", federation=federation, address=coordinator, ca_cert=ca_cert
     )
     run_config = write_run_config(
-        run_config_entries(raw, resume=resume, stock_flower=stock_flower, bundle=bundle),
+        run_config_entries(
+            raw, resume=resume, stock_flower=stock_flower, bundle=bundle, node_keys=node_keys
+        ),
         state / "flwr-submit" / "run-config.toml",
     )
     argv = [
@@ -119,6 +124,7 @@ def run_config_entries(
     resume: str | None,
     stock_flower: bool,
     bundle: TaskBundle | None = None,
+    node_keys: Path | None = None,
 ) -> dict[str, str | bool]:
     """The run config of the submitted run: every key must be declared in the App's
     pyproject (``flwr_app/pyproject.toml``), or the SuperLink refuses the run."""
@@ -131,6 +137,8 @@ def run_config_entries(
         entries[STOCK_FLOWER_KEY] = True
     if bundle is not None:
         entries |= bundle_run_config(bundle)
+    if node_keys is not None:
+        entries[NODE_KEYS_KEY] = str(node_keys.resolve())
     return entries
 
 

@@ -26,7 +26,9 @@ from federator.client.keys import load_public_key
 from federator.client.wire import TASK_BUNDLE_KEY
 from federator.server._flwr_compat import FlowerCompat
 from federator.server.federation.events import FederationSummary
+from federator.server.federation.identity import NodeKeys, load_node_keys
 from federator.server.federation.run_config import (
+    NODE_KEYS_KEY,
     RESUME_KEY,
     STOCK_FLOWER_KEY,
     SUBMITTED_KEY,
@@ -90,6 +92,19 @@ def _resume_from(context: Context) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _node_keys_from(context: Context) -> NodeKeys | None:
+    """The keys nodes must prove they hold (``federator run --kit``); None: a simulation, or
+    a run submitted without its kit, whose nodes' names are taken as given (said in the log)."""
+    folder = context.run_config.get(NODE_KEYS_KEY)
+    if isinstance(folder, str) and folder:
+        keys = load_node_keys(Path(folder))
+        log(logging.INFO, "nodes must prove one of %d provisioned names", len(keys.keys))
+        return keys
+    if context.run_config.get(SUBMITTED_KEY):
+        log(logging.WARNING, "submitted without node keys: node names are not verified")
+    return None
+
+
 def _compat_from(context: Context) -> FlowerCompat:
     """Stock Flower if the run was submitted with ``--stock-flower`` (said in the run's log)."""
     compat = FlowerCompat(stock=context.run_config.get(STOCK_FLOWER_KEY) is True)
@@ -128,6 +143,7 @@ def build_server_app(
                 cancel=run.cancel,
                 resume=resume or _resume_from(context),
                 compat=_compat_from(context),
+                node_keys=_node_keys_from(context),
             )
         except BaseException as err:
             run.error = err

@@ -23,13 +23,15 @@ from federator.server.plan import FederationPlan
 
 @dataclass(frozen=True, kw_only=True)
 class NodeEntry:
-    """A node as the coordinator knows it. ``pseudonym`` is what leaves the coordinator."""
+    """A node as the coordinator knows it. ``pseudonym`` is what leaves the coordinator.
+    ``refused``: why the node takes no part in this run (nodes named by pseudonym), if so."""
 
     node_id: int
     label: str
     pseudonym: str
     version: str
     installed: int = 0
+    refused: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

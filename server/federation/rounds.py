@@ -114,7 +114,7 @@ class Federation:
     ):
         self.plan = plan
         self.run_id = run_id
-        self._grid = grid
+        self._grid = directory.grid  # only nodes that introduced (and proved) themselves
         self._exchanger = exchange or Exchange(grid)
         self._evaluate_server = evaluator
         self._directory = directory
@@ -142,7 +142,7 @@ class Federation:
         self._secagg = (
             SecAggTraining(
                 plan.privacy.secagg,
-                grid=grid,
+                grid=self._grid,
                 exchange=self._exchanger,
                 directory=directory,
                 round_timeout=plan.strategy.round_timeout,
@@ -160,10 +160,9 @@ class Federation:
         plan, state = self.plan, self._loop
         needed = plan.strategy.sampling.min_available_nodes
         self._directory.wait_for(needed, timeout=self._node_timeout, on_wait=self._waiting)
-        nodes = self._directory.refresh()
         started = FederationStarted(
             plan=plan,
-            nodes=nodes,
+            nodes=self._directory.admitted_entries(),
             initial_eval=self._evaluate_server(state.arrays),
             example_input=self._evaluate_server.example_input(),
             resumed_after=state.last_round,
@@ -236,6 +235,13 @@ class Federation:
             for r in screened.rejected
         ]
 
+    def _identity_refusals(self) -> list[ClientRefusal]:
+        """Nodes refused since the last round because they did not prove who they are."""
+        return [
+            ClientRefusal(pseudonym=e.pseudonym, phase="identity", reason=e.refused or "")
+            for e in self._directory.take_refused()
+        ]
+
     def _exchange(self, messages: list[Message]) -> list[Message]:
         if not messages:
             return []
@@ -266,7 +272,7 @@ class Federation:
             sampled=train.sampled,
             train_clients=self._results(train.result.screened),
             eval_clients=[],
-            refusals=self._refusals(train.result.screened, "train"),
+            refusals=[*self._identity_refusals(), *self._refusals(train.result.screened, "train")],
             train_metrics=_scalars(train.result.metrics) | _spread(train.result.screened),
             eval_metrics={},
             server_eval=None,

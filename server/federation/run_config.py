@@ -2,7 +2,9 @@
 
 Flower's run config is ``key='value'`` text pairs, so the resolved federation config travels
 as base64 JSON under `SUBMITTED_KEY`, the MLflow run to continue under `RESUME_KEY`, and
-``true`` under `STOCK_FLOWER_KEY` for a run on stock Flower (``federator run --stock-flower``).
+``true`` under `STOCK_FLOWER_KEY` for a run on stock Flower (``federator run --stock-flower``),
+and the coordinator kit's ``nodes/`` folder under `NODE_KEYS_KEY`: its ``<name>.pub`` keys are
+what each node must prove it holds (`federator.client.identity`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 SUBMITTED_KEY = "federation-config-json"
 RESUME_KEY = "federation-resume"
 STOCK_FLOWER_KEY = "federator-stock-flower"
+NODE_KEYS_KEY = "federator-node-keys"
 
 
 def encode_config(raw: dict[str, Any]) -> str:

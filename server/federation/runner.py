@@ -22,6 +22,7 @@ from federator.server.federation.events import (
     RoundOutcome,
 )
 from federator.server.federation.exchange import Exchange
+from federator.server.federation.identity import NodeKeys
 from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.federation.rounds import Federation
@@ -61,6 +62,7 @@ def run_federation(
     resume: str | None = None,
     node_timeout: float = 300.0,
     compat: FlowerCompat | None = None,
+    node_keys: NodeKeys | None = None,
 ) -> FederationSummary:
     """Open tracking, run every round, drain MLflow writes, show and return the summary.
 
@@ -68,7 +70,9 @@ def run_federation(
     the rounds, queued MLflow writes are finished and the run is ended (FAILED on error,
     KILLED when ``cancel`` was set). With ``resume`` (an MLflow run id) the federation
     continues that run after its last checkpoint instead of starting a new one. ``compat``:
-    Federator's Flower patches (default) or stock Flower.
+    Federator's Flower patches (default) or stock Flower. ``node_keys``: the provisioned
+    nodes' keys each node must prove it holds (a deployment); None trusts the labels nodes
+    give (simulation).
     """
     io.quiet_mlflow_env()
     t0 = time.monotonic()
@@ -81,7 +85,9 @@ def run_federation(
         listener=display,
     )
     exchange = Exchange(grid, cancel=cancel, compat=compat)
-    directory = NodeDirectory(grid, salt=f"{plan.name}:{plan.seed}", exchange=exchange)
+    directory = NodeDirectory(
+        grid, salt=f"{plan.name}:{plan.seed}", keys=node_keys, exchange=exchange
+    )
     releases = _release_service(plan, grid, exchange, directory, recorders=[tracking, display])
     checkpoint = tracking.reopen(resume, releases=releases) if resume else None
     if resume is None:
@@ -173,9 +179,7 @@ def _release_service(
     (``None`` without a signing key); every push goes to ``recorders``."""
     if plan.release is None:
         return None
-    channel = ReleaseChannel(
-        grid_nodes=lambda: list(grid.get_node_ids()), exchange=exchange, directory=directory
-    )
+    channel = ReleaseChannel(grid_nodes=directory.admitted, exchange=exchange, directory=directory)
     signer = ReleaseSigner(plan.release.load_signing_key())
     return ReleaseService(signer, plan=plan, channel=channel, recorders=recorders)
 
