@@ -21,8 +21,9 @@ message is meant for a person::
     ├── PolicyRefused          a node's own policy forbids what the coordinator asks
     │   ├── PrivacyBudgetExhausted  ... because it would spend more privacy than allowed
     │   └── TaskBundleRefused  ... a task bundle: unsigned, altered, not allowed, too big
-    └── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
-        └── SignatureInvalid   ... because its signature or digests do not verify
+    ├── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
+    │   └── SignatureInvalid   ... because its signature or digests do not verify
+    └── RequestRejected        a request to a node's model service is malformed or too big
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "PrivacyBudgetExhausted",
     "RegistryError",
     "ReleaseRefused",
+    "RequestRejected",
     "SignatureInvalid",
     "TaskBundleRefused",
     "TaskError",
@@ -121,3 +123,13 @@ class ReleaseRefused(FederatorError):
 
 class SignatureInvalid(ReleaseRefused):
     """A release's signature or file digests do not verify; nothing is installed."""
+
+
+class RequestRejected(FederatorError):
+    """A request to a node's model service (``federator node serve``) is malformed, too big,
+    unauthorised, or does not fit the model; ``status`` is the HTTP status it is answered with.
+    The service keeps serving."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -5,6 +5,7 @@ federator node models --store DIR            installed versions (verified)
 federator node rollback --store DIR [--to V] switch `current` back
 federator node predict --store DIR --input F predictions of the installed model
 federator node start --kit DIR --data PATH   run this partner's node (client/cli_node_start.py)
+federator node serve --store DIR             serve the installed model over HTTP (client/serving/)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.table import Table
 from federator import DataError, ReleaseRefused
 from federator.client.cli_node_start import node_start
 from federator.client.keys import generate_keys
+from federator.client.serving.command import node_serve
 from federator.client.store import ENVELOPE, ModelStore
 
 keys_app = typer.Typer(no_args_is_help=True, help="Release signing keys.")
@@ -223,3 +225,4 @@ def node_predict(
 
 
 node_app.command("start")(node_start)
+node_app.command("serve")(node_serve)

@@ -203,38 +203,38 @@ class ModelStore:
     def versions(self) -> list[StoredVersion]:
         """Stored versions, newest first (each re-verified against its signed statement)."""
         current = self.current_version()
-        out = []
-        for folder in (self.root / "versions").iterdir():
-            if not folder.name.isdigit():
-                continue
-            p = self._statement(int(folder.name)).predicate
-            out.append(
-                StoredVersion(
-                    version=p.version,
-                    round=p.round,
-                    federation=p.federation,
-                    created_at=p.created_at,
-                    current=p.version == current,
-                    expires_at=p.expires_at,
-                )
-            )
-        return sorted(out, key=lambda v: v.version, reverse=True)
+        return [self.describe(v, current=current) for v in sorted(self._kept(), reverse=True)]
 
-    def task(self) -> Task:
-        """The task the current release was trained for: a built-in by name, or the task
-        bundle kept with the version (the very code it was trained with)."""
-        statement, files = self._verified(self._require_current())
+    def describe(self, version: int, *, current: int | None = None) -> StoredVersion:
+        """What the signed statement of a kept ``version`` says (verified again)."""
+        p = self._statement(version).predicate
+        return StoredVersion(
+            version=p.version,
+            round=p.round,
+            federation=p.federation,
+            created_at=p.created_at,
+            current=p.version == (self.current_version() if current is None else current),
+            expires_at=p.expires_at,
+        )
+
+    def task(self, version: int | None = None) -> Task:
+        """The task a kept release (default: the current one) was trained for: a built-in by
+        name, or the task bundle kept with the version (the very code it was trained with)."""
+        statement, files = self._verified(self._require_current() if version is None else version)
         if statement.predicate.task_bundle is None:
             return resolve_task(statement.predicate.task)
         bundle = bundle_from_files(files, pinned=self._pinned, max_bytes=None)
         assert bundle is not None  # the release's own check at install
         return import_bundled(bundle, self.root / TASKS_FOLDER)
 
-    def load_model(self, task: Task | None = None) -> torch.nn.Module:
-        """The current model, verified and loaded from safetensors into the task's model."""
-        version = self._require_current()
+    def load_model(
+        self, task: Task | None = None, *, version: int | None = None
+    ) -> torch.nn.Module:
+        """A kept model (default: the current one), verified and loaded from safetensors into
+        the task's model, in eval mode."""
+        version = self._require_current() if version is None else version
         self._statement(version)  # digests still match what was signed
-        model = (task or self.task()).build_model()
+        model = (task or self.task(version)).build_model()
         load_arrays(
             model, load_safetensors(self.root / "versions" / str(version) / "weights.safetensors")
         )

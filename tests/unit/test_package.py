@@ -21,6 +21,7 @@ PUBLIC = {
         "PrivacyBudgetExhausted",
         "RegistryError",
         "ReleaseRefused",
+        "RequestRejected",
         "SignatureInvalid",
         "TaskBundleRefused",
         "TaskError",

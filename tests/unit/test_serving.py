@@ -1,0 +1,253 @@
+"""The model service's own logic: request validation, routes, swaps.
+
+Real signed releases in a real store; the Starlette app served by uvicorn on 127.0.0.1 in a
+thread of the test, driven by a real HTTP client (httpx). The service as its own process,
+under load while releases are installed, is tests/integration/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from serving_fixtures import Served, serve_app
+
+from federator import RequestRejected
+from federator.client.keys import generate_keys, load_private_key
+from federator.client.serving.holder import Change, ModelHolder
+from federator.client.serving.http import ServeSettings, build_app
+from federator.client.serving.inputs import Limits, parse_inputs, to_batch
+from federator.client.store import ModelStore
+from federator.client.tasks import DIGITS_MLP
+from federator.client.weights import model_arrays, save_safetensors
+from federator.server.releases import ReleaseSigner, SignedRelease
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
+    paths = generate_keys(tmp_path / "keys")
+    return load_private_key(paths.private), paths.public
+
+
+@pytest.fixture
+def store(tmp_path: Path, key: tuple[Ed25519PrivateKey, Path]) -> ModelStore:
+    return ModelStore.open(tmp_path / "node", pinned_key=key[1], model="m", keep=3)
+
+
+def release(
+    key: Ed25519PrivateKey, folder: Path, version: int, *, model: torch.nn.Module | None = None
+) -> SignedRelease:
+    folder.mkdir(parents=True)
+    torch.manual_seed(version)
+    save_safetensors(
+        model_arrays(model or DIGITS_MLP.build_model()), folder / "weights.safetensors"
+    )
+    (folder / "lineage.json").write_text("{}")
+    return ReleaseSigner(key).sign(
+        model="m", version=version, previous_version=None, round=version, federation="f",
+        run_id="r", task="digits-mlp", reasons=["ok"], metrics={}, folder=folder,
+        valid_for=timedelta(days=30), now=lambda: datetime.now(UTC),
+    )  # fmt: skip
+
+
+def install(store: ModelStore, key: Ed25519PrivateKey, tmp_path: Path, version: int) -> None:
+    rel = release(key, tmp_path / f"rel-{version}", version)
+    assert store.install(rel.envelope, rel.files) == version
+
+
+@pytest.fixture
+def client(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> Iterator[Served]:
+    install(store, key[0], tmp_path, 1)
+    limits = Limits(max_rows=50, max_body_bytes=20_000)
+    app = build_app(ServeSettings(store=store.root, token=TOKEN, limits=limits))
+    with serve_app(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        yield c
+
+
+def _rows(n: int, seed: int = 0) -> list[list[float]]:
+    return np.random.default_rng(seed).random((n, 64)).round(4).tolist()
+
+
+def test_predictions_are_the_installed_models(client: Served, store: ModelStore) -> None:
+    rows = _rows(5)
+    reply = client.post("/predict", json={"inputs": rows})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["version"] == 1
+    model = store.load_model()  # the same version, loaded independently
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor(rows, dtype=torch.float32)), 1)
+    assert body["predictions"] == expected.argmax(1).tolist()
+    np.testing.assert_allclose(body["probabilities"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    single = client.post("/predict", json={"inputs": rows[0]}).json()  # one row, unwrapped
+    assert single["predictions"] == body["predictions"][:1]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b'{"rows": []}', 400, '"inputs"'),
+        (b'{"inputs": []}', 400, "non-empty"),
+        (json.dumps({"inputs": [[1.0] * 63]}).encode(), 422, "do not fit"),
+        (json.dumps({"inputs": [[1.0] * 64, [1.0] * 63]}).encode(), 422, "equal length"),
+        (json.dumps({"inputs": [["a"] * 64]}).encode(), 422, "numbers only"),
+        (b'{"inputs": [[' + b", ".join([b"1"] * 63 + [b"NaN"]) + b"]]}", 422, "NaN"),
+        (json.dumps({"inputs": [[0] * 64] * 51}).encode(), 413, "at most 50"),
+        (json.dumps({"inputs": _rows(40), "pad": "x" * 20_000}).encode(), 413, "bytes"),
+    ],
+)
+def test_bad_requests_get_a_clear_error_and_the_service_goes_on(
+    client: Served, body: bytes, status: int, words: str
+) -> None:
+    reply = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == status
+    assert words in reply.json()["error"]
+    assert client.post("/predict", json={"inputs": _rows(1)}).status_code == 200
+
+
+def test_a_token_is_required_except_for_health(client: Served) -> None:
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        assert (
+            client.post("/predict", json={"inputs": _rows(1)}, headers=headers).status_code == 401
+        )
+        assert client.get("/model", headers=headers).status_code == 401
+        assert client.get("/metrics", headers=headers).status_code == 401
+    assert client.get("/health", headers={"Authorization": ""}).json()["status"] == "ok"
+
+
+def test_model_and_metrics(client: Served) -> None:
+    info = client.get("/model").json()
+    assert info["version"] == 1
+    assert info["federation"] == "f"
+    assert info["input_shape"] == [64]
+    assert info["expired"] is False
+    client.post("/predict", json={"inputs": _rows(3)})
+    client.post("/predict", content=b"{", headers={"content-type": "application/json"})
+    text = client.get("/metrics").text
+    assert 'federator_serve_requests_total{route="predict",status="200"} 1.0' in text
+    assert 'federator_serve_requests_total{route="predict",status="400"} 1.0' in text
+    assert "federator_serve_predicted_rows_total 3.0" in text
+    assert "federator_serve_model_version 1.0" in text
+    assert 'federator_serve_request_seconds_count{route="predict"} 2.0' in text
+
+
+def test_no_model_installed_is_503_until_one_is(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    app = build_app(ServeSettings(store=store.root, poll_interval=0.05))
+    with serve_app(app) as c:
+        assert c.post("/predict", json={"inputs": _rows(1)}).status_code == 503
+        assert c.get("/health").status_code == 503
+        install(store, key[0], tmp_path, 1)
+        app.state.holder.refresh()
+        assert c.post("/predict", json={"inputs": _rows(1)}).json()["version"] == 1
+
+
+def test_a_new_version_is_swapped_in_and_a_broken_one_is_not(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    install(store, key[0], tmp_path, 1)
+    holder = ModelHolder(store)
+    assert holder.refresh().change is Change.SWAPPED
+    install(store, key[0], tmp_path, 2)
+    assert holder.refresh().change is Change.SWAPPED
+    assert holder.model is not None
+    assert holder.model.version == 2
+    # Version 3 is signed correctly but its weights do not fit the task's model.
+    rel = release(key[0], tmp_path / "rel-3", 3, model=torch.nn.Linear(3, 2))
+    store.install(rel.envelope, rel.files)
+    outcome = holder.refresh()
+    assert outcome.change is Change.FAILED
+    assert "version 3 does not load" in outcome.reason
+    assert holder.model.version == 2  # still the old one
+    assert holder.refresh().change is Change.NONE  # not retried
+    assert "version 3" in holder.problem
+    # Version 2's files altered on disk: a restart would refuse them; the loader says why.
+    store.rollback(to=2)
+    (store.root / "versions" / "2" / "weights.safetensors").write_bytes(b"altered")
+    fresh = ModelHolder(store)
+    assert fresh.refresh().change is Change.FAILED
+    assert fresh.model is None
+
+
+def test_no_request_fails_while_versions_swap(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    install(store, key[0], tmp_path, 1)
+    holder = ModelHolder(store)
+    holder.refresh()
+    batch = to_batch(_rows(4), input_shape=(64,), limits=Limits())
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                model = holder.model
+                assert model is not None
+                assert len(model.predict(batch).labels) == 4
+                seen.add(model.version)
+            except BaseException as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for v in (2, 3, 4):
+        install(store, key[0], tmp_path, v)
+        assert holder.refresh().change is Change.SWAPPED
+    deadline = time.monotonic() + 10
+    while 4 not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert 4 in seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    shape=st.sampled_from([(4,), (2, 3), (1, 2, 2)]),
+    flat=st.booleans(),
+    data=st.data(),
+)
+def test_rows_flat_or_shaped_give_the_same_batch(
+    rows: int, shape: tuple[int, ...], flat: bool, data: st.DataObject
+) -> None:
+    values = data.draw(
+        st.lists(
+            st.floats(-1e6, 1e6, allow_nan=False, width=32),
+            min_size=rows * int(np.prod(shape)),
+            max_size=rows * int(np.prod(shape)),
+        )
+    )
+    expected = np.asarray(values, dtype=np.float32).reshape((rows, *shape))
+    sent = expected.reshape(rows, -1) if flat else expected
+    body = json.dumps({"inputs": sent.tolist()}).encode()
+    got = parse_inputs(body, input_shape=shape, limits=Limits())
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32
+
+
+def test_infinity_is_refused_by_row() -> None:
+    with pytest.raises(RequestRejected, match="row 1 holds NaN or an infinity") as err:
+        to_batch([[0.0, 1.0], [1e39, 0.0]], input_shape=(2,), limits=Limits())
+    assert err.value.status == 422
