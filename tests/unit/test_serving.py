@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from releases_for_tests import install, release
 from serving_fixtures import Served, serve_app
 
 from federator import RequestRejected
@@ -28,9 +28,6 @@ from federator.client.serving.holder import Change, ModelHolder
 from federator.client.serving.http import ServeSettings, build_app
 from federator.client.serving.inputs import Limits, parse_inputs, to_batch
 from federator.client.store import ModelStore
-from federator.client.tasks import DIGITS_MLP
-from federator.client.weights import model_arrays, save_safetensors
-from federator.server.releases import ReleaseSigner, SignedRelease
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -44,27 +41,6 @@ def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
 @pytest.fixture
 def store(tmp_path: Path, key: tuple[Ed25519PrivateKey, Path]) -> ModelStore:
     return ModelStore.open(tmp_path / "node", pinned_key=key[1], model="m", keep=3)
-
-
-def release(
-    key: Ed25519PrivateKey, folder: Path, version: int, *, model: torch.nn.Module | None = None
-) -> SignedRelease:
-    folder.mkdir(parents=True)
-    torch.manual_seed(version)
-    save_safetensors(
-        model_arrays(model or DIGITS_MLP.build_model()), folder / "weights.safetensors"
-    )
-    (folder / "lineage.json").write_text("{}")
-    return ReleaseSigner(key).sign(
-        model="m", version=version, previous_version=None, round=version, federation="f",
-        run_id="r", task="digits-mlp", reasons=["ok"], metrics={}, folder=folder,
-        valid_for=timedelta(days=30), now=lambda: datetime.now(UTC),
-    )  # fmt: skip
-
-
-def install(store: ModelStore, key: Ed25519PrivateKey, tmp_path: Path, version: int) -> None:
-    rel = release(key, tmp_path / f"rel-{version}", version)
-    assert store.install(rel.envelope, rel.files) == version
 
 
 @pytest.fixture
