@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import RootModel
 from rich.console import Console
 from rich.table import Table
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.applications import Starlette
 from federator import ConfigError
 from federator.client.serving.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, Limits
 from federator.client.serving.metrics import MULTIPROC_ENV
+from federator.client.serving.rollout import RolloutPolicy, Stage
 
 if TYPE_CHECKING:
     from federator.client.store import ModelStore
@@ -59,6 +61,40 @@ def node_serve(
         float,
         typer.Option("--poll", min=0.05, help="Seconds between looks for a newly installed model."),
     ] = 1.0,
+    rollout: Annotated[
+        str,
+        typer.Option(
+            "--rollout",
+            help="Stages a new version goes through before it answers everything: "
+            "'shadow', 'canary', 'shadow,canary', or 'direct' (at once).",
+        ),
+    ] = "direct",
+    shadow_requests: Annotated[
+        int, typer.Option("--shadow-requests", help="Requests a candidate shadows.")
+    ] = 200,
+    canary_fraction: Annotated[
+        float, typer.Option("--canary-fraction", help="Share of requests a canary answers.")
+    ] = 0.1,
+    canary_requests: Annotated[
+        int, typer.Option("--canary-requests", help="Requests a canary answers.")
+    ] = 200,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option("--max-latency-ms", help="Fall back if a new version's median is slower."),
+    ] = None,
+    fallback: Annotated[
+        bool,
+        typer.Option(
+            "--fallback/--no-fallback",
+            help="Roll back to the previous version if a new one fails or is too slow.",
+        ),
+    ] = True,
+    watch_requests: Annotated[
+        int,
+        typer.Option(
+            "--watch-requests", help="Requests a promoted version answers with a fall-back."
+        ),
+    ] = 100,
 ) -> None:
     """Serve the store's current model (swapping to each new one) until Ctrl-C."""
     import uvicorn
@@ -74,7 +110,17 @@ def node_serve(
         for path in (tls_cert, tls_key):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{path}: no such file")
+        policy = rollout_policy(
+            rollout,
+            shadow_requests=shadow_requests,
+            canary_fraction=canary_fraction,
+            canary_requests=canary_requests,
+            max_latency_ms=max_latency_ms,
+            fallback=fallback,
+            watch_requests=watch_requests,
+        )
         settings = {
+            "rollout": RootModel[RolloutPolicy](policy).model_dump(mode="json"),
             "store": str(store.resolve()),
             "token_file": str(token_file.resolve()) if token_file else None,
             "max_body_bytes": max_body_bytes,
@@ -85,7 +131,7 @@ def node_serve(
         if workers > 1:
             os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="federator-serve-metrics-")
         scheme = "https" if tls_cert else "http"
-        out.print(_table(opened, f"{scheme}://{host}:{port}", token, workers, tls_cert))
+        out.print(_table(opened, f"{scheme}://{host}:{port}", token, workers, tls_cert, policy))
         out.file.flush()
         uvicorn.run(
             "federator.client.serving.command:app_from_env",
@@ -116,7 +162,25 @@ def _read_token(path: Path) -> str:
     return token
 
 
-def _table(store: ModelStore, url: str, token: str | None, workers: int, tls: Path | None) -> Table:
+def rollout_policy(stages: str, **options: object) -> RolloutPolicy:
+    """``--rollout`` and its options as a `RolloutPolicy`; `ConfigError` naming what is
+    wrong."""
+    names = [] if stages.strip() == "direct" else [s.strip() for s in stages.split(",")]
+    try:
+        chosen = tuple(Stage(n) for n in names)
+        return RolloutPolicy(stages=chosen, **options)  # type: ignore[arg-type]
+    except ValueError as err:  # an unknown stage name, or pydantic's ValidationError
+        raise ConfigError(f"--rollout {stages!r}: {err}") from None
+
+
+def _table(
+    store: ModelStore,
+    url: str,
+    token: str | None,
+    workers: int,
+    tls: Path | None,
+    policy: RolloutPolicy,
+) -> Table:
     current = store.current_version()
     table = Table(title="Model service", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -128,10 +192,23 @@ def _table(store: ModelStore, url: str, token: str | None, workers: int, tls: Pa
         ("auth", "bearer token" if token else "none (anyone who reaches the port)"),
         ("TLS", str(tls) if tls else "off"),
         ("workers", str(workers)),
+        ("roll-out", _describe(policy)),
         ("routes", "POST /predict, GET /model, GET /health, GET /metrics"),
     ):
         table.add_row(*row)
     return table
+
+
+def _describe(policy: RolloutPolicy) -> str:
+    steps = [
+        f"shadow {policy.shadow_requests} requests"
+        if s is Stage.SHADOW
+        else f"canary {policy.canary_fraction:.0%} for {policy.canary_requests} requests"
+        for s in policy.stages
+    ] or ["at once"]
+    slow = f" or a median over {policy.max_latency_ms:g} ms" if policy.max_latency_ms else ""
+    guard = f"; falls back on an error{slow}" if policy.fallback else "; no fall-back"
+    return " → ".join(steps) + guard
 
 
 def app_from_env() -> Starlette:
@@ -145,6 +222,7 @@ def app_from_env() -> Starlette:
             token=_read_token(Path(raw["token_file"])) if raw["token_file"] else None,
             limits=Limits(max_body_bytes=raw["max_body_bytes"], max_rows=raw["max_rows"]),
             poll_interval=raw["poll_interval"],
+            rollout=RootModel[RolloutPolicy].model_validate(raw["rollout"]).root,
         )
     )
 

@@ -23,16 +23,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from federator import RequestRejected
-from federator.client.serving.holder import Change, ModelHolder, Refresh, Watcher
+from federator.client.serving.events import EventLog
+from federator.client.serving.holder import Change, Loader, ModelHolder, Refresh, Watcher
 from federator.client.serving.inputs import Limits, parse_inputs
 from federator.client.serving.metrics import ServeMetrics
-from federator.client.serving.model import ServedModel
+from federator.client.serving.model import Prediction, ServedModel
+from federator.client.serving.rollout import Event, RolloutPolicy
 from federator.client.store import ModelStore
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -48,6 +53,7 @@ class ServeSettings:
     token: str | None = None
     limits: Limits = field(default_factory=Limits)
     poll_interval: float = 1.0
+    rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -99,7 +105,7 @@ class _Service:
         return model
 
     async def predict(self, request: Request) -> Response:
-        model = self._served()
+        self._served()
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.settings.limits.max_body_bytes:
             raise RequestRejected(
@@ -108,23 +114,65 @@ class _Service:
                 status=413,
             )
         body = await _read_limited(request, self.settings.limits.max_body_bytes)
-        batch = parse_inputs(body, input_shape=model.input_shape, limits=self.settings.limits)
-        try:
-            prediction = model.predict(batch)
-        except RuntimeError as err:  # torch's errors from a model that cannot run the batch
-            return _error(f"version {model.version} failed to predict: {err}", 500)
+        route = self.holder.route()
+        batch = parse_inputs(
+            body, input_shape=route.answer.input_shape, limits=self.settings.limits
+        )
+        answered = self._answer(route.answer, batch)
+        if answered is None:
+            return _error(f"version {route.answer.version} failed to predict", 500)
+        model, prediction = answered
         request.state.rows = len(prediction.labels)
+        shadow = None
+        if route.shadow is not None:
+            shadow = BackgroundTask(self._shadow, route.shadow, batch, prediction.labels)
         return JSONResponse(
             {
                 "version": model.version,
                 "predictions": prediction.labels,
                 "probabilities": prediction.probabilities,
-            }
+            },
+            background=shadow,
         )
+
+    def _answer(
+        self, model: ServedModel, batch: npt.NDArray[np.float32]
+    ) -> tuple[ServedModel, Prediction] | None:
+        """``model``'s prediction; if it fails, the fall-back's (None: no fall-back)."""
+        t0 = time.perf_counter()
+        try:
+            prediction = model.predict(batch)
+        except Exception as err:  # noqa: BLE001 - a task's model may raise anything
+            instead = self.holder.fallback_for(model)  # asked before the failure is recorded
+            self.holder.record(
+                model, seconds=time.perf_counter() - t0, error=f"{type(err).__name__}: {err}"
+            )
+            if instead is None:
+                _log.error("version %s failed to predict: %s", model.version, err)
+                return None
+            return instead, instead.predict(batch)
+        self.holder.record(model, seconds=time.perf_counter() - t0)
+        return model, prediction
+
+    def _shadow(
+        self, model: ServedModel, batch: npt.NDArray[np.float32], labels: list[int]
+    ) -> None:
+        """The candidate predicts what the stable version answered, after the answer left."""
+        t0 = time.perf_counter()
+        try:
+            shadowed = model.predict(batch).labels
+        except Exception as err:  # noqa: BLE001 - recorded: the roll-out falls back
+            self.holder.record(
+                model, seconds=time.perf_counter() - t0, error=f"{type(err).__name__}: {err}"
+            )
+            return
+        agreed = sum(a == b for a, b in zip(shadowed, labels, strict=True))
+        self.holder.record(model, seconds=time.perf_counter() - t0, agreed=(agreed, len(labels)))
 
     async def model(self, request: Request) -> Response:
         model = self._served()
-        info = model.info
+        info, rollout = model.info, self.holder.rollout
+        candidate = rollout.candidate
         return JSONResponse(
             {
                 "version": info.version,
@@ -134,6 +182,8 @@ class _Service:
                 "expires_at": info.expires_at,
                 "expired": info.expired(),
                 "input_shape": list(model.input_shape),
+                "candidate": candidate.version if candidate else None,
+                "stage": rollout.stage,
             }
         )
 
@@ -161,16 +211,33 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(settings: ServeSettings, *, store: ModelStore | None = None) -> Starlette:
+def build_app(
+    settings: ServeSettings, *, store: ModelStore | None = None, loader: Loader | None = None
+) -> Starlette:
     """The service for ``settings.store``: loads the current version at start-up (if any),
-    then swaps to each newly installed one."""
-    holder = ModelHolder(store or ModelStore.reopen(settings.store))
+    then rolls out each newly installed one. ``loader``: how a version is loaded (default:
+    verified from the store; tests pass one that breaks a version on purpose)."""
+    opened = store or ModelStore.reopen(settings.store)
     metrics = ServeMetrics()
+    events = EventLog(opened.root)
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        metrics.rolled(event)
+        _log.info(
+            "roll-out of version %s: %s%s%s",
+            event.candidate,
+            event.kind.value,
+            f" ({event.stage})" if event.stage else "",
+            f": {event.reason}" if event.reason else "",
+        )
+
+    holder = ModelHolder(opened, policy=settings.rollout, report=on_event, loader=loader)
 
     def report(outcome: Refresh) -> None:
         metrics.refreshed(outcome)
         if outcome.change is Change.SWAPPED:
-            _log.info("serving version %s", outcome.serving)
+            _log.info("serving version %s (installed: %s)", outcome.serving, outcome.wanted)
         elif outcome.change is not Change.NONE:
             _log.warning("still serving version %s: %s", outcome.serving, outcome.reason)
 

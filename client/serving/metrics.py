@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from federator.client.serving.holder import Change, Refresh
+from federator.client.serving.rollout import Event
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Single-row requests take well under a millisecond: resolve that, and up to seconds.
@@ -37,6 +38,8 @@ class ServeMetric(StrEnum):
     MODEL_VERSION = "federator_serve_model_version"  # the version in use (0: none)
     SWAPS = "federator_serve_swaps"  # versions swapped in
     SWAP_FAILURES = "federator_serve_swap_failures"  # versions that did not load
+    ROLLOUT_EVENTS = "federator_serve_rollout_events"  # by kind: started, promoted, fell-back
+    SHADOW_AGREEMENT = "federator_serve_shadow_agreement"  # the last shadow stage's agreement
 
 
 class ServeMetrics:
@@ -63,6 +66,15 @@ class ServeMetrics:
         self.swap_failures = Counter(
             ServeMetric.SWAP_FAILURES, "Versions that did not load", registry=registry
         )
+        self.rollout_events = Counter(
+            ServeMetric.ROLLOUT_EVENTS, "Roll-out steps", ["kind"], registry=registry
+        )
+        self.shadow_agreement = Gauge(
+            ServeMetric.SHADOW_AGREEMENT,
+            "Fraction of rows a shadowed candidate labelled as the stable version",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
 
     def observe(self, route: str, status: int, seconds: float, *, rows: int = 0) -> None:
         """One answered request."""
@@ -78,6 +90,12 @@ class ServeMetrics:
         elif outcome.change is Change.FAILED:
             self.swap_failures.inc()
         self.version.set(outcome.serving or 0)
+
+    def rolled(self, event: Event) -> None:
+        """A roll-out step."""
+        self.rollout_events.labels(kind=event.kind.value).inc()
+        if event.agreement is not None:
+            self.shadow_agreement.set(event.agreement)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text a scrape gets, and its content type."""

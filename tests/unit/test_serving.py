@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,12 @@ from serving_fixtures import Served, serve_app
 
 from federator import RequestRejected
 from federator.client.keys import generate_keys, load_private_key
-from federator.client.serving.holder import Change, ModelHolder
+from federator.client.serving.events import read_events
+from federator.client.serving.holder import Change, Loader, ModelHolder
 from federator.client.serving.http import ServeSettings, build_app
 from federator.client.serving.inputs import Limits, parse_inputs, to_batch
+from federator.client.serving.model import ServedModel, load_served
+from federator.client.serving.rollout import RolloutPolicy, Stage
 from federator.client.store import ModelStore
 
 TOKEN = "s3cret-token-for-tests"
@@ -227,3 +231,59 @@ def test_infinity_is_refused_by_row() -> None:
     with pytest.raises(RequestRejected, match="row 1 holds NaN or an infinity") as err:
         to_batch([[0.0, 1.0], [1e39, 0.0]], input_shape=(2,), limits=Limits())
     assert err.value.status == 422
+
+
+class _Broken(torch.nn.Module):
+    """A model that loads but cannot predict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this version cannot predict")
+
+
+def _breaking(version: int) -> Loader:
+    def load(store: ModelStore, v: int) -> ServedModel:
+        model = load_served(store, v)
+        return replace(model, module=_Broken()) if v == version else model
+
+    return load
+
+
+def test_a_shadowed_version_is_promoted_over_http(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    install(store, key[0], tmp_path, 1)
+    policy = RolloutPolicy(stages=(Stage.SHADOW,), shadow_requests=20)
+    app = build_app(ServeSettings(store=store.root, rollout=policy))
+    with serve_app(app) as c:
+        install(store, key[0], tmp_path, 2)
+        app.state.holder.refresh()
+        assert c.get("/model").json()["stage"] == "shadow"
+        answered = [c.post("/predict", json={"inputs": _rows(2, i)}).json() for i in range(40)]
+        assert {a["version"] for a in answered[:20]} == {1}  # a shadow never answers
+        assert answered[-1]["version"] == 2  # promoted after its 20 shadowed requests
+        info = c.get("/model").json()
+        assert (info["version"], info["candidate"], info["stage"]) == (2, None, "")
+        metrics = c.get("/metrics").text
+    events, _ = read_events(store.root)
+    assert [e["kind"] for e in events] == ["started", "promoted"]
+    assert 0 <= events[-1]["agreement"] <= 1
+    assert 'federator_serve_rollout_events_total{kind="promoted"} 1.0' in metrics
+
+
+def test_a_canary_that_cannot_predict_falls_back_without_a_failed_request(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    install(store, key[0], tmp_path, 1)
+    policy = RolloutPolicy(stages=(Stage.CANARY,), canary_fraction=0.5)
+    app = build_app(ServeSettings(store=store.root, rollout=policy), loader=_breaking(2))
+    with serve_app(app) as c:
+        install(store, key[0], tmp_path, 2)
+        app.state.holder.refresh()
+        replies = [c.post("/predict", json={"inputs": _rows(1, i)}) for i in range(30)]
+        assert {r.status_code for r in replies} == {200}
+        assert {r.json()["version"] for r in replies} == {1}
+        assert c.get("/model").json()["candidate"] is None
+    assert store.current_version() == 1  # rolled back in the store too
+    events, _ = read_events(store.root)
+    assert [e["kind"] for e in events] == ["started", "fell-back"]
+    assert "cannot predict" in events[-1]["reason"]
