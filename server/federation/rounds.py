@@ -216,9 +216,9 @@ class Federation:
             return []
         return [
             ClientResult(
-                pseudonym=self._directory.pseudonym(r.label)
-                if r.label
-                else self._directory.entry(r.node_id).pseudonym,
+                # The directory's name for the node (proven in a deployment), never the
+                # label a reply gives itself: a node cannot report under another's name.
+                pseudonym=self._directory.entry(r.node_id).pseudonym,
                 num_examples=r.num_examples,
                 metrics=dict(r.metrics),
             )

@@ -275,3 +275,45 @@ def test_an_impostor_never_trains_and_its_refusal_reaches_the_round(
     expected = {directory.pseudonym("site-a"), directory.pseudonym("site-c")}
     for outcome in rec.rounds:
         assert {c.pseudonym for c in outcome.train_clients} == expected
+
+
+def test_a_reply_naming_another_partner_counts_for_its_sender(
+    kit: tuple[Path, dict[str, Path]], raw_config: dict[str, Any]
+) -> None:
+    """An admitted node that writes another partner's name into its train replies still
+    reports under its own, proven name."""
+    from federator.client.wire import LABEL_KEY, META_KEY
+
+    nodes, keys = kit
+    raw = copy.deepcopy(raw_config)
+    raw["data"]["clients"] = 3  # the nodes' partitions 0 and 1 of 3
+    raw["federation"]["rounds"] = 1
+    raw["strategy"] = {"min_available_nodes": 2}
+    plan = build_plan(raw, source="test")
+    honest = _node(1, claims="site-a", key=keys["site-a"], partition=0)
+    sly = _node(2, claims="site-b", key=keys["site-b"], partition=1)
+
+    def relabelling(msg: Message) -> Message:
+        reply = sly(msg)
+        kind = msg.metadata.message_type
+        if kind != "query" and reply.has_content() and META_KEY in reply.content.config_records:
+            reply.content.config_records[META_KEY][LABEL_KEY] = "site-a"
+        return reply
+
+    grid = FakeGrid({1: honest, 2: relabelling})
+    clock = VirtualClock()
+    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
+    directory = NodeDirectory(grid, salt="t", keys=load_node_keys(nodes), exchange=exchange)
+    rec = Recorder()
+    Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=directory,
+        observers=[rec],
+        exchange=exchange,
+    ).run()
+    [outcome] = rec.rounds
+    assert sorted(c.pseudonym for c in outcome.train_clients) == sorted(
+        [directory.pseudonym("site-a"), directory.pseudonym("site-b")]
+    )
