@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -66,13 +67,20 @@ def node_start(
     """Check the kit, data and policy, then run this node's SuperNode until Ctrl-C."""
     from federator.client.actions import run_action
     from federator.client.kit import load_node_kit
+    from federator.client.local_data import load_node_data
     from federator.client.processes import supervise
+    from federator.client.serving.monitor import write_reference
     from federator.client.supernode import admit, check_node, start_node
 
     def go() -> None:
         node_kit = load_node_kit(kit)
         folder = state or kit / "state"
         found = check_node(node_kit, data=data, policy=policy, state=folder)
+        reference, _ = write_reference(
+            load_node_data(data, input_shape=None, val_fraction=0.0).train,
+            folder / "models",
+            rng=np.random.default_rng(),
+        )
         node = start_node(
             node_kit,
             data=data,
@@ -92,6 +100,7 @@ def node_start(
                 policy=policy,
                 state=folder,
                 superlink=superlink,
+                reference=reference,
             )
         )
         out.print(f"connecting to {superlink or node_kit.coordinator} …")
@@ -114,6 +123,7 @@ def _start_table(
     policy: Path | None,
     state: Path,
     superlink: str | None,
+    reference: Path,
 ) -> Table:
     """What the node checked and started, before it connects."""
     table = Table(title=f"Node {kit.node!r}", show_header=False, title_justify="left")
@@ -126,6 +136,7 @@ def _start_table(
         ("data", f"{data} — {found.examples} examples of shape {found.example_shape}"),
         ("policy", str(policy) if policy else "none (any run; no privacy limit)"),
         ("state", f"{state} (ledger, models, supernode.log)"),
+        ("drift reference", f"{reference} (for federator node serve)"),
         (
             "SuperNode",
             f"pid {node.supernode.pid}, asks for work every {node.pull_interval:g} s{stock}",

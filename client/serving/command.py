@@ -22,8 +22,10 @@ from rich.table import Table
 from starlette.applications import Starlette
 
 from federator import ConfigError
+from federator.client.serving.drift import Reference
 from federator.client.serving.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, Limits
 from federator.client.serving.metrics import MULTIPROC_ENV
+from federator.client.serving.monitor import DEFAULT_WINDOW_ROWS, reference_path
 from federator.client.serving.rollout import RolloutPolicy, Stage
 
 if TYPE_CHECKING:
@@ -95,6 +97,17 @@ def node_serve(
             "--watch-requests", help="Requests a promoted version answers with a fall-back."
         ),
     ] = 100,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Drift reference (default: STORE/serving/reference.npz, which node start "
+            "writes from its training data).",
+        ),
+    ] = None,
+    drift_window: Annotated[
+        int, typer.Option("--drift-window", min=10, help="Rows per traffic/drift window.")
+    ] = DEFAULT_WINDOW_ROWS,
 ) -> None:
     """Serve the store's current model (swapping to each new one) until Ctrl-C."""
     import uvicorn
@@ -119,7 +132,14 @@ def node_serve(
             fallback=fallback,
             watch_requests=watch_requests,
         )
+        drift = reference or reference_path(store)
+        if reference is not None and not reference.is_file():
+            raise ConfigError(f"--reference {reference}: no such file")
+        if drift.is_file():
+            Reference.load(drift)  # a clear error now, not in every worker
         settings = {
+            "reference": str(drift.resolve()) if drift.is_file() else None,
+            "window_rows": drift_window,
             "rollout": RootModel[RolloutPolicy](policy).model_dump(mode="json"),
             "store": str(store.resolve()),
             "token_file": str(token_file.resolve()) if token_file else None,
@@ -223,6 +243,8 @@ def app_from_env() -> Starlette:
             limits=Limits(max_body_bytes=raw["max_body_bytes"], max_rows=raw["max_rows"]),
             poll_interval=raw["poll_interval"],
             rollout=RootModel[RolloutPolicy].model_validate(raw["rollout"]).root,
+            reference=Path(raw["reference"]) if raw["reference"] else None,
+            window_rows=raw["window_rows"],
         )
     )
 

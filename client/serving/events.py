@@ -38,20 +38,30 @@ class EventLog:
     def append(self, event: Event) -> dict[str, Any]:
         record = {"at": self._now().isoformat(timespec="seconds"), **asdict(event)}
         record["kind"] = event.kind.value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_record(self.path, record)
         return record
 
 
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """``record`` as one JSON line at the end of ``path`` (one ``write`` on an ``O_APPEND``
+    file: lines of several processes never interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def read_events(store_root: Path, *, after: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events recorded from byte offset ``after`` on, and the offset to read from next time.
-    A line cut short (a writer still appending) is left for the next read."""
-    path = events_path(store_root)
+    """`read_records` of the store's events."""
+    return read_records(events_path(store_root), after=after)
+
+
+def read_records(path: Path, *, after: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Records appended to ``path`` from byte offset ``after`` on, and the offset to read
+    from next time. A line cut short (a writer still appending) is left for the next read."""
     if not path.is_file():
         return [], after
     data = path.read_bytes()
@@ -69,4 +79,12 @@ def read_events(store_root: Path, *, after: int = 0) -> tuple[list[dict[str, Any
     return events, end
 
 
-__all__ = ["EVENTS", "FOLDER", "EventLog", "events_path", "read_events"]
+__all__ = [
+    "EVENTS",
+    "FOLDER",
+    "EventLog",
+    "append_record",
+    "events_path",
+    "read_events",
+    "read_records",
+]

@@ -26,17 +26,19 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from federator import RequestRejected
+from federator.client.serving.drift import Reference
 from federator.client.serving.events import EventLog
 from federator.client.serving.holder import Change, Loader, ModelHolder, Refresh, Watcher
 from federator.client.serving.inputs import Limits, parse_inputs
 from federator.client.serving.metrics import ServeMetrics
 from federator.client.serving.model import Prediction, ServedModel
+from federator.client.serving.monitor import DEFAULT_WINDOW_ROWS, TrafficMonitor
 from federator.client.serving.rollout import Event, RolloutPolicy
 from federator.client.store import ModelStore
 
@@ -54,6 +56,8 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     poll_interval: float = 1.0
     rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
+    reference: Path | None = None  # the drift reference (None: traffic is counted, no drift)
+    window_rows: int = DEFAULT_WINDOW_ROWS
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -63,10 +67,17 @@ def _error(message: str, status: int) -> JSONResponse:
 class _Service:
     """The routes, around one holder and one set of metrics."""
 
-    def __init__(self, settings: ServeSettings, holder: ModelHolder, metrics: ServeMetrics):
+    def __init__(
+        self,
+        settings: ServeSettings,
+        holder: ModelHolder,
+        metrics: ServeMetrics,
+        monitor: TrafficMonitor,
+    ):
         self.settings = settings
         self.holder = holder
         self.metrics = metrics
+        self.monitor = monitor
 
     def _authorised(self, request: Request) -> bool:
         token = self.settings.token
@@ -123,16 +134,17 @@ class _Service:
             return _error(f"version {route.answer.version} failed to predict", 500)
         model, prediction = answered
         request.state.rows = len(prediction.labels)
-        shadow = None
+        after = BackgroundTasks()  # run once the answer has left
+        after.add_task(self.monitor.add, batch, prediction.labels, version=model.version)
         if route.shadow is not None:
-            shadow = BackgroundTask(self._shadow, route.shadow, batch, prediction.labels)
+            after.add_task(self._shadow, route.shadow, batch, prediction.labels)
         return JSONResponse(
             {
                 "version": model.version,
                 "predictions": prediction.labels,
                 "probabilities": prediction.probabilities,
             },
-            background=shadow,
+            background=after,
         )
 
     def _answer(
@@ -242,7 +254,14 @@ def build_app(
             _log.warning("still serving version %s: %s", outcome.serving, outcome.reason)
 
     report(holder.refresh())
-    service = _Service(settings, holder, metrics)
+    reference = Reference.load(settings.reference) if settings.reference else None
+    monitor = TrafficMonitor(
+        opened.root,
+        reference=reference,
+        window_rows=settings.window_rows,
+        report=metrics.window,
+    )
+    service = _Service(settings, holder, metrics, monitor)
     watcher = Watcher(holder, interval=settings.poll_interval, report=report)
 
     @asynccontextmanager

@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from federator.client.serving.holder import Change, Refresh
+from federator.client.serving.monitor import Window
 from federator.client.serving.rollout import Event
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -40,6 +41,10 @@ class ServeMetric(StrEnum):
     SWAP_FAILURES = "federator_serve_swap_failures"  # versions that did not load
     ROLLOUT_EVENTS = "federator_serve_rollout_events"  # by kind: started, promoted, fell-back
     SHADOW_AGREEMENT = "federator_serve_shadow_agreement"  # the last shadow stage's agreement
+    DRIFT_KS = "federator_serve_drift_ks_max"  # the last window's largest per-feature KS
+    DRIFT_PSI = "federator_serve_drift_psi_max"  # ... largest per-feature PSI
+    DRIFT_FEATURES = "federator_serve_drift_features"  # ... share of features that drifted
+    PREDICTION_SHIFT = "federator_serve_prediction_shift"  # ... JS distance of predicted labels
 
 
 class ServeMetrics:
@@ -56,12 +61,7 @@ class ServeMetrics:
             ServeMetric.LATENCY, "Time to answer", ["route"], buckets=_BUCKETS, registry=registry
         )
         self.rows = Counter(ServeMetric.ROWS, "Rows predicted", registry=registry)
-        self.version = Gauge(
-            ServeMetric.MODEL_VERSION,
-            "Model version in use (0: none)",
-            registry=registry,
-            multiprocess_mode="livemostrecent",
-        )
+        self.version = self._gauge(ServeMetric.MODEL_VERSION, "Model version in use (0: none)")
         self.swaps = Counter(ServeMetric.SWAPS, "Versions swapped in", registry=registry)
         self.swap_failures = Counter(
             ServeMetric.SWAP_FAILURES, "Versions that did not load", registry=registry
@@ -69,12 +69,21 @@ class ServeMetrics:
         self.rollout_events = Counter(
             ServeMetric.ROLLOUT_EVENTS, "Roll-out steps", ["kind"], registry=registry
         )
-        self.shadow_agreement = Gauge(
+        self.shadow_agreement = self._gauge(
             ServeMetric.SHADOW_AGREEMENT,
             "Fraction of rows a shadowed candidate labelled as the stable version",
-            registry=registry,
-            multiprocess_mode="livemostrecent",
         )
+        self.drift_ks = self._gauge(ServeMetric.DRIFT_KS, "Largest per-feature KS statistic")
+        self.drift_psi = self._gauge(ServeMetric.DRIFT_PSI, "Largest per-feature PSI")
+        self.drift_features = self._gauge(
+            ServeMetric.DRIFT_FEATURES, "Share of features whose KS test rejects"
+        )
+        self.prediction_shift = self._gauge(
+            ServeMetric.PREDICTION_SHIFT, "JS distance of predicted vs training labels"
+        )
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, registry=self._registry, multiprocess_mode="livemostrecent")
 
     def observe(self, route: str, status: int, seconds: float, *, rows: int = 0) -> None:
         """One answered request."""
@@ -90,6 +99,15 @@ class ServeMetrics:
         elif outcome.change is Change.FAILED:
             self.swap_failures.inc()
         self.version.set(outcome.serving or 0)
+
+    def window(self, window: Window) -> None:
+        """A closed traffic window: its drift scores, if the node has a reference."""
+        if window.drift is None:
+            return
+        self.drift_ks.set(window.drift.ks_max)
+        self.drift_psi.set(window.drift.psi_max)
+        self.drift_features.set(window.drift.drifted_features)
+        self.prediction_shift.set(window.drift.prediction_js)
 
     def rolled(self, event: Event) -> None:
         """A roll-out step."""

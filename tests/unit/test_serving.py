@@ -287,3 +287,35 @@ def test_a_canary_that_cannot_predict_falls_back_without_a_failed_request(
     events, _ = read_events(store.root)
     assert [e["kind"] for e in events] == ["started", "fell-back"]
     assert "cannot predict" in events[-1]["reason"]
+
+
+def test_traffic_windows_carry_drift_scores(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    """Digits like the training data drift little; the same digits brightened drift a lot."""
+    from sklearn.datasets import load_digits
+
+    from federator.client.serving.events import read_records
+    from federator.client.serving.monitor import windows_path, write_reference
+    from federator.simulations.datasets import ArrayData
+
+    digits = load_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+    path, _ = write_reference(
+        ArrayData(x[:1000], y[:1000]), store.root, rng=np.random.default_rng(0)
+    )
+    install(store, key[0], tmp_path, 1)
+    app = build_app(ServeSettings(store=store.root, reference=path, window_rows=200))
+    with serve_app(app) as c:
+        for rows in (x[1000:1200], np.clip(x[1200:1400] + 0.5, 0, 1.5)):
+            for chunk in np.array_split(rows, 10):
+                assert c.post("/predict", json={"inputs": chunk.tolist()}).status_code == 200
+        deadline = time.monotonic() + 10  # windows close in a task after the last answer
+        while len(read_records(windows_path(store.root))[0]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        metrics = c.get("/metrics").text
+    like, shifted = (w["drift"] for w in read_records(windows_path(store.root))[0])
+    assert like["rows"] == shifted["rows"] == 200
+    assert like["drifted_features"] < 0.1 < 0.5 < shifted["drifted_features"]
+    assert shifted["psi_max"] > 1.0 > like["psi_max"]
+    assert f"federator_serve_drift_features {shifted['drifted_features']}" in metrics
