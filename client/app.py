@@ -38,6 +38,7 @@ from federator.client.node import (
     open_store,
     privacy_policy,
 )
+from federator.client.serving.report import serving_report
 from federator.client.tasks import Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.client.wire import (
@@ -46,6 +47,7 @@ from federator.client.wire import (
     INSTALLED_KEY,
     LABEL_KEY,
     META_KEY,
+    MONITOR_KEY,
     NUM_EXAMPLES,
     PROOF_KEY,
     RELEASE_ACTION,
@@ -60,13 +62,17 @@ from federator.simulations.partition import ClientData, client_data
 
 
 def _meta(node: NodeConfig) -> ConfigRecord:
-    return ConfigRecord(
+    meta = ConfigRecord(
         {
             LABEL_KEY: node.label,
             VERSION_KEY: __version__,
             INSTALLED_KEY: installed_version(node),
         }
     )
+    report = serving_report(node.store) if node.store is not None else None
+    if report is not None:  # this node serves its model: what it saw since the last reply
+        meta[MONITOR_KEY] = report
+    return meta
 
 
 def _local_data(instr: Instructions, node: NodeConfig, task: Task) -> ClientData:

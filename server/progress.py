@@ -161,6 +161,30 @@ def summary_table(s: FederationSummary) -> Table:
     return t
 
 
+def serving_lines(outcome: RoundOutcome) -> list[str]:
+    """One line per node whose model service reported something worth seeing: drift, or
+    roll-out events (fall-backs first)."""
+    lines = []
+    for node in outcome.serving:
+        r = node.report
+        drift = (
+            f", drift in {r.drift.drifted_features:.0%} of features (PSI max "
+            f"{r.drift.psi_max:.2f}, predictions {r.drift.prediction_js:.2f})"
+            if r.drift is not None and r.drift.drifted_features > 0
+            else ""
+        )
+        events = "; ".join(
+            f"{e.kind} v{e.candidate}" + (f": {e.reason}" if e.reason else "") for e in r.events
+        )
+        if drift or events:
+            served = f"v{r.version}" if r.version is not None else "no version yet"
+            lines.append(
+                f"serving {node.pseudonym}: {served}, {r.rows:,} rows{drift}"
+                + (f"; {events}" if events else "")
+            )
+    return lines
+
+
 class RichProgress:
     """Terminal display: progress bar plus one table row per round."""
 
@@ -212,6 +236,8 @@ class RichProgress:
                 Text("       refused ", style="yellow")
                 + Text(f"{r.phase} from {r.pseudonym}: {r.reason}")
             )
+        for line in serving_lines(outcome):
+            self.console.print(Text(f"       {line}", style="cyan"))
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task)  # type: ignore[arg-type]
 
@@ -280,6 +306,8 @@ class LogProgress:
         self._log(f"round {cells[0]}: " + ", ".join(f"{name} {c}" for c, (name, _) in pairs))
         for r in outcome.refusals:
             self._log(f"  refused {r.phase} from {r.pseudonym}: {r.reason}")
+        for line in serving_lines(outcome):
+            self._log(f"  {line}")
 
     def stop(self) -> None:
         """Nothing to tear down."""

@@ -23,9 +23,10 @@ from starlette.applications import Starlette
 
 from federator import ConfigError
 from federator.client.serving.drift import Reference
+from federator.client.serving.events import reference_path
 from federator.client.serving.inputs import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, Limits
 from federator.client.serving.metrics import MULTIPROC_ENV
-from federator.client.serving.monitor import DEFAULT_WINDOW_ROWS, reference_path
+from federator.client.serving.monitor import DEFAULT_WINDOW_ROWS
 from federator.client.serving.rollout import RolloutPolicy, Stage
 
 if TYPE_CHECKING:

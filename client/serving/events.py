@@ -1,4 +1,5 @@
-"""The service's own record of roll-outs, kept beside the store for the node to report.
+"""The service's own records, kept beside the store for the node to report: roll-out events
+here, traffic windows (`federator.client.serving.monitor`) in the same folder.
 
 Each `Event` (`federator.client.serving.rollout`) is appended as one JSON line to
 ``<store>/serving/events.jsonl`` with the time it happened. The file is the node's: the
@@ -22,10 +23,21 @@ from federator.client.serving.rollout import Event
 
 FOLDER = "serving"
 EVENTS = "events.jsonl"
+WINDOWS = "windows.jsonl"  # traffic windows (`federator.client.serving.monitor`)
+REFERENCE = "reference.npz"  # the drift reference `federator node start` writes
 
 
 def events_path(store_root: Path) -> Path:
     return store_root / FOLDER / EVENTS
+
+
+def windows_path(store_root: Path) -> Path:
+    return store_root / FOLDER / WINDOWS
+
+
+def reference_path(store_root: Path) -> Path:
+    """Where `federator node start` keeps the node's drift reference."""
+    return store_root / FOLDER / REFERENCE
 
 
 class EventLog:
@@ -82,9 +94,13 @@ def read_records(path: Path, *, after: int = 0) -> tuple[list[dict[str, Any]], i
 __all__ = [
     "EVENTS",
     "FOLDER",
+    "REFERENCE",
+    "WINDOWS",
     "EventLog",
     "append_record",
     "events_path",
     "read_events",
     "read_records",
+    "reference_path",
+    "windows_path",
 ]

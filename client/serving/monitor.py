@@ -21,21 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from federator.client.serving.drift import DriftScores, Reference, build_reference, score_window
-from federator.client.serving.events import FOLDER, append_record
+from federator.client.serving.events import append_record, reference_path, windows_path
 from federator.simulations.datasets import ArrayData
 
-WINDOWS = "windows.jsonl"
-REFERENCE = "reference.npz"
 DEFAULT_WINDOW_ROWS = 500
-
-
-def windows_path(store_root: Path) -> Path:
-    return store_root / FOLDER / WINDOWS
-
-
-def reference_path(store_root: Path) -> Path:
-    """Where `federator node start` keeps the node's drift reference."""
-    return store_root / FOLDER / REFERENCE
 
 
 def write_reference(
@@ -105,13 +94,4 @@ class TrafficMonitor:
         append_record(self._path, record | asdict(window))
 
 
-__all__ = [
-    "DEFAULT_WINDOW_ROWS",
-    "REFERENCE",
-    "WINDOWS",
-    "TrafficMonitor",
-    "Window",
-    "reference_path",
-    "windows_path",
-    "write_reference",
-]
+__all__ = ["DEFAULT_WINDOW_ROWS", "TrafficMonitor", "Window", "write_reference"]

@@ -18,6 +18,7 @@ from federator.client.tasks import Evaluation
 from federator.server.federation.checkpoint import Checkpoint
 from federator.server.federation.durability import DurabilityReport
 from federator.server.federation.gate import Decision
+from federator.server.federation.monitoring import NodeServing
 from federator.server.plan import FederationPlan
 
 
@@ -83,6 +84,8 @@ class RoundOutcome:
     checkpoint: Checkpoint | None = field(default=None, repr=False)
     # Central DP spent after this round (``central-epsilon``, ``central-delta``), if accounted.
     privacy: Mapping[str, float] = field(default_factory=dict)
+    # What the nodes' model services reported in this round's replies (node serve).
+    serving: Sequence[NodeServing] = ()
 
     @property
     def participants(self) -> int:

@@ -42,6 +42,7 @@ from federator.server.federation.instructions import (
     initial_arrays,
     instructions_for,
 )
+from federator.server.federation.monitoring import collect
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan import FederationPlan
 from federator.server.plan.config import GateMetric
@@ -282,21 +283,39 @@ class Federation:
             privacy=self.central.spent() if self.central else {},
         )
         if train.skip_reason is not None or train.result.arrays is None:
-            return replace(outcome, wall_time=self._clock() - t0)
+            return self._with_serving(
+                replace(outcome, wall_time=self._clock() - t0), train.result.screened
+            )
         new_arrays = train.result.arrays
         evaluated, server_eval = self._evaluate(rnd, new_arrays, server_side)
         eval_clients = self._results(evaluated.screened)
-        return replace(
-            outcome,
-            status=RoundStatus.COMPLETED,
-            arrays=new_arrays,
-            eval_clients=eval_clients,
-            refusals=[*outcome.refusals, *self._refusals(evaluated.screened, "evaluate")],
-            eval_metrics=_scalars(evaluated.metrics),
-            server_eval=server_eval,
-            decision=self._decide(rnd, server_eval, eval_clients),
-            wall_time=self._clock() - t0,
+        return self._with_serving(
+            replace(
+                outcome,
+                status=RoundStatus.COMPLETED,
+                arrays=new_arrays,
+                eval_clients=eval_clients,
+                refusals=[*outcome.refusals, *self._refusals(evaluated.screened, "evaluate")],
+                eval_metrics=_scalars(evaluated.metrics),
+                server_eval=server_eval,
+                decision=self._decide(rnd, server_eval, eval_clients),
+                wall_time=self._clock() - t0,
+            ),
+            train.result.screened,
+            evaluated.screened,
         )
+
+    def _with_serving(self, outcome: RoundOutcome, *screened: Screened | None) -> RoundOutcome:
+        """``outcome`` with the serving reports its accepted replies carried (a report that
+        does not validate is a refusal of the report, not of the update)."""
+        collected = collect(
+            [r.message for s in screened if s is not None for r in s.accepted],
+            pseudonym=lambda n: self._directory.entry(n).pseudonym,
+        )
+        refused = [
+            ClientRefusal(pseudonym=p, phase="serving", reason=why) for p, why in collected.refused
+        ]
+        return replace(outcome, serving=collected.reports, refusals=[*outcome.refusals, *refused])
 
     def _train(self, rnd: int, arrays: ArrayRecord) -> _TrainPhase:
         """Sample, send, screen and aggregate; the skip reason if the round cannot go on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from federator.client.serving.report import ServingReport
 from federator.client.tasks import Evaluation
 from federator.client.wire import DeliveryStatus, MetricName
 from federator.server.federation.events import (
@@ -20,6 +21,7 @@ from federator.server.federation.events import (
     RoundStatus,
 )
 from federator.server.federation.gate import Decision, Verdict
+from federator.server.federation.monitoring import NodeServing, serving_metrics
 from federator.server.releases import DeliveryReport
 
 # The metric whose steps say which rounds' releases were pushed already.
@@ -104,7 +106,7 @@ def round_metrics(o: RoundOutcome) -> dict[str, float]:
     for c in o.eval_clients:
         for k, v in c.metrics.items():
             m[f"client/{c.pseudonym}/val_{k}"] = v
-    return m
+    return m | serving_metrics(o.serving)
 
 
 def _clients(clients: list[ClientResult]) -> list[dict[str, Any]]:
@@ -126,6 +128,7 @@ def outcome_record(o: RoundOutcome, *, version: str | None) -> dict[str, Any]:
         "refusals": [
             {"client": r.pseudonym, "phase": r.phase, "reason": r.reason} for r in o.refusals
         ],
+        "serving": [{"client": n.pseudonym, **n.report.model_dump(mode="json")} for n in o.serving],
         "train_metrics": dict(o.train_metrics),
         "eval_metrics": dict(o.eval_metrics),
         "val": (
@@ -185,4 +188,11 @@ def outcome_from_record(r: dict[str, Any]) -> RoundOutcome:
         wall_time=float(r["wall_time_s"]),
         skip_reason=r.get("skip_reason"),
         privacy=r.get("privacy", {}),
+        serving=[
+            NodeServing(
+                x["client"],
+                ServingReport.model_validate({k: v for k, v in x.items() if k != "client"}),
+            )
+            for x in r.get("serving", [])
+        ],
     )

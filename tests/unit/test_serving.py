@@ -295,8 +295,8 @@ def test_traffic_windows_carry_drift_scores(
     """Digits like the training data drift little; the same digits brightened drift a lot."""
     from sklearn.datasets import load_digits
 
-    from federator.client.serving.events import read_records
-    from federator.client.serving.monitor import windows_path, write_reference
+    from federator.client.serving.events import read_records, windows_path
+    from federator.client.serving.monitor import write_reference
     from federator.simulations.datasets import ArrayData
 
     digits = load_digits()
@@ -319,3 +319,55 @@ def test_traffic_windows_carry_drift_scores(
     assert like["drifted_features"] < 0.1 < 0.5 < shifted["drifted_features"]
     assert shifted["psi_max"] > 1.0 > like["psi_max"]
     assert f"federator_serve_drift_features {shifted['drifted_features']}" in metrics
+
+
+def test_the_node_reports_totals_and_new_events_once(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    """What the ClientApp sends: running totals, the newest drift, events since the last
+    reply — read by the coordinator's parser (the same declaration)."""
+    from federator.client.serving.report import parse_report, serving_report
+
+    assert serving_report(store.root) is None  # this node never served
+    install(store, key[0], tmp_path, 1)
+    app = build_app(
+        ServeSettings(
+            store=store.root, rollout=RolloutPolicy(stages=(Stage.CANARY,)), window_rows=4
+        ),
+        loader=_breaking(2),
+    )
+    with serve_app(app) as c:
+        for i in range(4):
+            c.post("/predict", json={"inputs": _rows(2, i)})
+        install(store, key[0], tmp_path, 2)
+        app.state.holder.refresh()
+        for i in range(40):
+            c.post("/predict", json={"inputs": _rows(1, i)})
+    first = serving_report(store.root)
+    assert first is not None
+    report = parse_report(first)
+    assert report.version == 1
+    assert report.requests >= 4
+    assert report.fallbacks == 1
+    assert [e.kind for e in report.events] == ["started", "fell-back"]
+    assert report.drift is None  # no reference: traffic only
+    again = parse_report(serving_report(store.root))
+    assert again.events == ()  # reported once
+    assert (again.requests, again.fallbacks) == (report.requests, 1)  # totals stay
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"requests": -1}', "greater than or equal"),
+        ('{"unknown": 1}', "Extra inputs"),
+        ('{"drift": {"rows": 1}}', "ks_max"),
+        ("x" * 40_000, "at most"),
+        ("[1, 2", "JSON"),
+    ],
+)
+def test_a_hostile_report_is_refused_with_a_reason(text: str, words: str) -> None:
+    from federator.client.serving.report import parse_report
+
+    with pytest.raises(ValueError, match=words):
+        parse_report(text)
