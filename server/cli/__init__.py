@@ -5,6 +5,7 @@
     federator models list CONFIG  the registry's versions with their gate decisions
     federator strategies          the aggregation strategies and the papers they implement
     federator provision FILE      per-party deployment kits (see server/cli/deploy.py)
+    federator monitor CONFIG      what each node's model service reported (drift, fall-backs)
 
 CONFIG is a path or the name of a bundled example (``federator validate demo``). Errors are
 printed as one readable message; the exit code is 2 for a bad config and 1 for anything else
@@ -29,6 +30,7 @@ from federator.client.actions import run_action
 from federator.client.cli import keys_app, node_app
 from federator.server.cli.coordinator import register as register_coordinator
 from federator.server.cli.deploy import register as register_deploy
+from federator.server.cli.monitor import register as register_monitor
 from federator.server.plan.overrides import Override, parse_override
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")
 register_deploy(app)
 register_coordinator(app)
+register_monitor(app)
 
 out = Console()
 
