@@ -112,6 +112,7 @@ class Federation:
         clock: Callable[[], float] = time.monotonic,
         run_id: str = "",
         checkpointer: Checkpointer | None = None,
+        start_from: ArrayRecord | None = None,
     ):
         self.plan = plan
         self.run_id = run_id
@@ -130,7 +131,7 @@ class Federation:
         self.strategy = Guarded(
             inner, seed=plan.seed, node_order=directory.order_key, rules=plan.screening
         )
-        self._loop = _LoopState(arrays=initial_arrays(plan.task(), plan.seed))
+        self._loop = _LoopState(arrays=start_from or initial_arrays(plan.task(), plan.seed))
         self.checkpointer = checkpointer or Checkpointer()
         self.checkpointer.register(Component.LOOP, self._loop)
         self.checkpointer.register(Component.GATE, self.gate)

@@ -23,7 +23,7 @@ from federator.server.federation.events import (
 )
 from federator.server.federation.exchange import Exchange
 from federator.server.federation.identity import NodeKeys
-from federator.server.federation.instructions import ServerEvaluator
+from federator.server.federation.instructions import ServerEvaluator, initial_arrays
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan
@@ -90,7 +90,12 @@ def run_federation(
     )
     releases = _release_service(plan, grid, exchange, directory, recorders=[tracking, display])
     checkpoint = tracking.reopen(resume, releases=releases) if resume else None
+    start_from = None
     if resume is None:
+        if plan.warm_start is not None:  # checked before the run exists
+            start_from = tracking.warm_start(
+                plan.warm_start, like=initial_arrays(plan.task(), plan.seed)
+            )
         tracking.open(releases=releases)
     federation = Federation(
         plan,
@@ -102,6 +107,7 @@ def run_federation(
         node_timeout=node_timeout,
         run_id=tracking.run_id,
         checkpointer=checkpointer,
+        start_from=start_from,
     )
     if resume is not None:
         _resume(checkpoint, checkpointer=checkpointer, tracking=tracking)

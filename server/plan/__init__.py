@@ -104,6 +104,8 @@ class FederationPlan:
     config_hash: str
     # A deployment of a task of its own: the signed bundle every node and release carries.
     task_bundle: TaskBundle | None = None
+    # The registered version (alias or number) whose weights round 1 starts from.
+    warm_start: str | None = None
 
     def task(self) -> Task:
         """The task object (built-in or imported)."""
@@ -314,6 +316,7 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
         name=cfg.federation.name,
         rounds=cfg.federation.rounds,
         seed=cfg.federation.seed,
+        warm_start=cfg.federation.warm_start,
         task_ref=cfg.task.name,
         data=SimulationData(
             **cfg.data.model_dump(exclude={"dataset"}),

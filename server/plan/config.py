@@ -43,6 +43,9 @@ class FederationSection(_Section):
     name: Annotated[str, Field(pattern=_NAME)]
     rounds: Annotated[int, Field(ge=1, le=100_000)]
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    # Start from a registered version's weights instead of a fresh model: an alias
+    # ("champion") or a version number; its first version's lineage parent is that version.
+    warm_start: Annotated[str, Field(pattern=r"^(champion|challenger|[1-9][0-9]*)$")] | None = None
 
 
 class TaskSection(_Section):

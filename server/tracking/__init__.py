@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord
 
 from federator import TrackingError
 from federator.server.federation.checkpoint import (
@@ -71,6 +72,7 @@ from federator.server.tracking._run import (
 )
 from federator.server.tracking._summary import log_summary
 from federator.server.tracking._versions import Lineage
+from federator.server.tracking.warm_start import warm_start_arrays
 
 
 class MlflowTracking:
@@ -95,6 +97,7 @@ class MlflowTracking:
         self._listener = listener
         self._checkpointer = checkpointer
         self._lineage = Lineage()
+        self._warm_start: str | None = None
         self._journal = RoundJournal()
         checkpointer.register(Component.LINEAGE, self._lineage, taken=Taken.AT_COMMIT)
         checkpointer.register(Component.RECORDS, self._journal, taken=Taken.AT_COMMIT)
@@ -133,7 +136,20 @@ class MlflowTracking:
         to it once committed. Returns the run id."""
         run = create_run(self._client, self.plan, code_version=self._code_version)
         self._start(run, releases=releases)
+        if self._warm_start is not None:
+            self._client.set_tag(self.run_id, "federator.warm_start", self._warm_start)
         return self.run_id
+
+    def warm_start(self, ref: str, *, like: ArrayRecord) -> ArrayRecord:
+        """Start from registered version ``ref`` (`federator.server.tracking.warm_start`):
+        its weights, returned as the round-0 model; it becomes the parent of this run's first
+        version, and `open` tags the run with it. Call it before `open`: a version that does
+        not exist or fit is a `ConfigError` before any run is made."""
+        version, arrays = warm_start_arrays(
+            self._client, self.plan.tracking.registered_model, ref, like=like
+        )
+        self._lineage.parent_version = self._warm_start = version
+        return arrays
 
     def reopen(self, run_id: str, *, releases: ReleaseService | None = None) -> Checkpoint | None:
         """Reopen ``run_id`` and read its last committed checkpoint (``None``: the run crashed
