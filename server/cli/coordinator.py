@@ -112,31 +112,49 @@ def run_command(
     """Submit CONFIG to a running coordinator and stream its progress until it ends."""
     from federator.client.actions import run_action
     from federator.server.cli import _overrides
+
+    def go() -> None:
+        overrides = _overrides(rounds, None, None, None, set_)
+        submit(
+            config, coordinator=coordinator, kit=kit, overrides=overrides, resume=resume,
+            stock_flower=stock_flower,
+        )  # fmt: skip
+
+    run_action(go)
+
+
+def submit(
+    config: str,
+    *,
+    coordinator: str,
+    kit: Path,
+    overrides: list[Override],
+    resume: str | None = None,
+    stock_flower: bool = False,
+) -> None:
+    """``federator run``'s work: CONFIG (with ``overrides``) and its task bundle submitted to
+    the coordinator of ``kit``, streamed until it ends; `DeploymentError` unless it completed."""
     from federator.server.deploy.kits import load_coordinator_kit
     from federator.server.deploy.manifest import NODES_DIR
     from federator.server.deploy.submit import submit_run
 
-    def go() -> None:
-        coordinator_kit = load_coordinator_kit(kit)
-        overrides = _overrides(rounds, None, None, None, set_)
-        raw, bundle = _bundle(config, overrides)
-        state = kit / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        status = submit_run(
-            raw,
-            coordinator=coordinator,
-            ca_cert=coordinator_kit.ca_cert,
-            federation=coordinator_kit.federation,
-            state=state,
-            resume=resume,
-            stock_flower=stock_flower,
-            bundle=bundle,
-            node_keys=coordinator_kit.folder / NODES_DIR,
-        )
-        if status != "finished:completed":
-            raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")
-
-    run_action(go)
+    coordinator_kit = load_coordinator_kit(kit)
+    raw, bundle = _bundle(config, overrides)
+    state = kit / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    status = submit_run(
+        raw,
+        coordinator=coordinator,
+        ca_cert=coordinator_kit.ca_cert,
+        federation=coordinator_kit.federation,
+        state=state,
+        resume=resume,
+        stock_flower=stock_flower,
+        bundle=bundle,
+        node_keys=coordinator_kit.folder / NODES_DIR,
+    )
+    if status != "finished:completed":
+        raise DeploymentError(f"the run on {coordinator} ended {status!r}; see its log above")
 
 
 def _bundle(config: str, overrides: list[Override]) -> tuple[dict[str, Any], TaskBundle | None]:

@@ -30,6 +30,7 @@ from federator.server.plan.config import FederationConfig, GateSection
 from federator.server.plan.overrides import Override, apply_overrides
 from federator.server.plan.privacy import PrivacyPlan, privacy_plan, privacy_problems
 from federator.server.plan.release import ReleasePlan, release_plan
+from federator.server.plan.retrain import RetrainPolicy
 from federator.simulations.partition import SimulationData
 from federator.strategies import STRATEGIES, Sampling, StrategySpec
 from federator.strategies.update_rules import UpdateRules
@@ -106,6 +107,8 @@ class FederationPlan:
     task_bundle: TaskBundle | None = None
     # The registered version (alias or number) whose weights round 1 starts from.
     warm_start: str | None = None
+    started_by: str | None = None  # why it runs (a retrain trigger), tagged on the run
+    retrain: RetrainPolicy = field(default_factory=RetrainPolicy)
 
     def task(self) -> Task:
         """The task object (built-in or imported)."""
@@ -317,6 +320,8 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
         rounds=cfg.federation.rounds,
         seed=cfg.federation.seed,
         warm_start=cfg.federation.warm_start,
+        started_by=cfg.federation.started_by,
+        retrain=cfg.retrain,
         task_ref=cfg.task.name,
         data=SimulationData(
             **cfg.data.model_dump(exclude={"dataset"}),

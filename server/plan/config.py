@@ -18,6 +18,7 @@ from federator.client.tasks import Optimizer
 from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping, ClippingSide
 from federator.privacy.policy import ClipNorm, Delta, Epsilon
+from federator.server.plan.retrain import RetrainPolicy
 from federator.simulations.partition import (
     Alpha,
     Clients,
@@ -46,6 +47,8 @@ class FederationSection(_Section):
     # Start from a registered version's weights instead of a fresh model: an alias
     # ("champion") or a version number; its first version's lineage parent is that version.
     warm_start: Annotated[str, Field(pattern=r"^(champion|challenger|[1-9][0-9]*)$")] | None = None
+    # Why this federation runs, tagged on its MLflow run (``federator watch`` writes its trigger).
+    started_by: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
 
 class TaskSection(_Section):
@@ -229,6 +232,7 @@ class FederationConfig(_Section):
     strategy: StrategySection = Field(default_factory=StrategySection)
     # Training updates screened by size and direction (`federator.strategies.update_rules`).
     screening: UpdateRules = Field(default_factory=UpdateRules)
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
     training: TrainingSection = Field(default_factory=TrainingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     gate: GateSection = Field(default_factory=GateSection)

@@ -19,6 +19,8 @@ from federator.server.tracking._export import FlavourExports, ModelExporter
 from federator.server.tracking._versions import Lineage, Registrar
 from federator.server.tracking._worker import Job, OrderedWorker
 
+STARTED_BY_TAG = "federator.started_by"
+
 
 def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
     """Create the experiment, the run (tagged with what shaped it) and the registered model;
@@ -40,6 +42,7 @@ def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
                 "federator.code_version": code_version,
                 "federator.config_source": plan.source,
                 **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
+                **({STARTED_BY_TAG: plan.started_by} if plan.started_by else {}),
             },
         )
         io.log_params(client, run.info.run_id, plan.flat_params())

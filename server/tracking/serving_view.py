@@ -4,11 +4,15 @@ newest MLflow run (the ``serving/<pseudonym>/…`` metrics the rounds logged).""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from federator import TrackingError
+from federator.server.plan.retrain import Observation
+from federator.server.tracking._run import STARTED_BY_TAG
 
 _PREFIX = "serving/"
+RETRAIN_PREFIX = "retrain: "  # how `federator watch` starts the started_by text
 
 
 @dataclass(frozen=True)
@@ -65,4 +69,46 @@ def serving_view(client: Any, experiment: str) -> ServingView:
     return ServingView(run.info.run_id, run.info.status, rows)
 
 
-__all__ = ["ServingRow", "ServingView", "serving_view"]
+def observe(client: Any, *, experiment: str, model: str) -> Observation:
+    """What `federator.server.plan.retrain.decide` needs: each node's drifted share in the
+    newest run, when the champion of ``model`` was registered, when the last retraining
+    federation (a run tagged as started by a retrain trigger) started."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        view = serving_view(client, experiment)
+        drifted = {
+            r.pseudonym: share
+            for r in view.rows
+            if (share := r.get("drifted_features")) is not None
+        }
+    except TrackingError:
+        drifted = {}
+    try:
+        champion = client.get_model_version_by_alias(model, "champion")
+        champion_at = _at(champion.creation_timestamp)
+    except MlflowException:
+        champion_at = None
+    found = client.get_experiment_by_name(experiment)
+    retrains = (
+        client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{STARTED_BY_TAG}` LIKE '{RETRAIN_PREFIX}%'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found
+        else []
+    )
+    return Observation(
+        drifted=drifted,
+        champion_at=champion_at,
+        last_retrain_at=_at(retrains[0].info.start_time) if retrains else None,
+    )
+
+
+def _at(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+__all__ = ["RETRAIN_PREFIX", "ServingRow", "ServingView", "observe", "serving_view"]

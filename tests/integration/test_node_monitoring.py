@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -92,7 +93,10 @@ def test_serving_nodes_report_drift_and_swap_under_load(tmp_path: Path) -> None:
     )
     runs = tmp_path / "runs"
     release = f'\n[release]\nsigning_key = "{tmp_path / "keys" / "release.key"}"\nkeep = 3\n'
-    cfg = write_config(tmp_path / "fed.toml", name=NAME, runs_dir=runs, rounds=2, extra=release)
+    retrain = "[retrain]\ndrift_nodes = 1\ndrift_features = 0.5\ncooldown_hours = 0\nrounds = 1\n"
+    cfg = write_config(
+        tmp_path / "fed.toml", name=NAME, runs_dir=runs, rounds=2, extra=release + retrain
+    )
     first = run_cli("simulate", str(cfg), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stores = runs / "nodes" / NAME
@@ -140,3 +144,32 @@ def test_serving_nodes_report_drift_and_swap_under_load(tmp_path: Path) -> None:
     assert drifting in shown.stdout
     assert steady in shown.stdout
     assert "drift in" in second.stdout  # the round display named the drifting node
+
+    _watch_retrains_from_the_champion(
+        client, cfg, tmp_path, after=run.info.run_id, drifting=drifting
+    )
+
+
+def _watch_retrains_from_the_champion(
+    client: Any, cfg: Path, tmp_path: Path, *, after: str, drifting: str
+) -> None:
+    """5. watch sees the drifting node and starts a federation from the champion."""
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    watched = run_cli("watch", str(cfg), "--once", cwd=tmp_path)
+    assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:]
+    assert "retrain (drift): 1 node(s) report drift" in watched.stdout
+    assert drifting in watched.stdout
+    newest = client.search_runs(
+        [client.get_experiment_by_name(NAME).experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert newest.info.run_id != after
+    assert newest.data.tags["federator.warm_start"] == str(champion.version)
+    assert newest.data.tags["federator.started_by"].startswith("retrain: drift: ")
+    [child] = [
+        v
+        for v in client.search_model_versions(f"name = '{NAME}'")
+        if v.run_id == newest.info.run_id
+    ]
+    assert child.tags["federator.parent_version"] == str(champion.version)
