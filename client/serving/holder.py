@@ -115,6 +115,12 @@ class ModelHolder:
                 return Refresh(Change.UNREADABLE, serving, reason=self._problem)
             self._withdraw_unless(wanted)
             candidate = self.rollout.candidate
+            if wanted is None and serving is not None:
+                self._problem = (
+                    f"the store {self._store.root} has no current version any more (moved or "
+                    f"emptied); still serving version {serving}"
+                )
+                return Refresh(Change.NONE, serving, wanted, self._problem)
             if wanted is None or wanted in (serving, candidate.version if candidate else None):
                 self._problem = "" if wanted == serving else self._problem
                 return Refresh(Change.NONE, serving, wanted)

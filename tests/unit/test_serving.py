@@ -371,3 +371,25 @@ def test_a_hostile_report_is_refused_with_a_reason(text: str, words: str) -> Non
 
     with pytest.raises(ValueError, match=words):
         parse_report(text)
+
+
+def test_a_store_switched_underneath_keeps_the_model_served(
+    store: ModelStore, key: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    install(store, key[0], tmp_path, 1)
+    holder = ModelHolder(store)
+    holder.refresh()
+    moved = tmp_path / "elsewhere"
+    store.root.rename(moved)  # the folder is gone
+    assert holder.refresh().change is Change.NONE
+    assert holder.model is not None
+    assert holder.model.version == 1
+    assert "no current version any more" in holder.problem  # /health says degraded
+    moved.rename(store.root)
+    (store.root / "current").unlink()
+    (store.root / "current").symlink_to("versions/not-a-version")  # a foreign link
+    outcome = holder.refresh()
+    assert outcome.change is Change.UNREADABLE
+    assert "cannot be read" in holder.problem
+    batch = to_batch(_rows(1), input_shape=(64,), limits=Limits())
+    assert holder.route().answer.predict(batch).labels
