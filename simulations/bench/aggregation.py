@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,26 +71,30 @@ class Case:
 
 
 def _flower_strategy(method: str, n: int) -> fl.FedAvg:
-    kw = {"weighted_by_key": WEIGHT_KEY}
-    return {
-        "fedavg": lambda: fl.FedAvg(**kw),
-        "krum": lambda: fl.Krum(num_malicious_nodes=F, **kw),
-        "multikrum": lambda: fl.MultiKrum(num_malicious_nodes=F, num_nodes_to_select=M, **kw),
-        "median": lambda: fl.FedMedian(**kw),
-        "trimmed": lambda: fl.FedTrimmedAvg(beta=BETA, **kw),
-        "bulyan": lambda: fl.Bulyan(num_malicious_nodes=min(F, (n - 3) // 4), **kw),
-    }[method]()
+    key, f = WEIGHT_KEY, min(F, (n - 3) // 4)
+    strategies: dict[str, Callable[[], fl.FedAvg]] = {
+        "fedavg": lambda: fl.FedAvg(weighted_by_key=key),
+        "krum": lambda: fl.Krum(num_malicious_nodes=F, weighted_by_key=key),
+        "multikrum": lambda: fl.MultiKrum(
+            num_malicious_nodes=F, num_nodes_to_select=M, weighted_by_key=key
+        ),
+        "median": lambda: fl.FedMedian(weighted_by_key=key),
+        "trimmed": lambda: fl.FedTrimmedAvg(beta=BETA, weighted_by_key=key),
+        "bulyan": lambda: fl.Bulyan(num_malicious_nodes=f, weighted_by_key=key),
+    }
+    return strategies[method]()
 
 
 def _ours(method: str, n: int) -> Aggregator:
-    return {
+    aggregators: dict[str, Callable[[], Aggregator]] = {
         "fedavg": WeightedMean,
         "krum": lambda: MultiKrum(num_malicious=F, num_to_select=1),
         "multikrum": lambda: MultiKrum(num_malicious=F, num_to_select=M),
         "median": Median,
         "trimmed": lambda: TrimmedMean(BETA),
         "bulyan": lambda: Bulyan(num_malicious=min(F, (n - 3) // 4)),
-    }[method]()
+    }
+    return aggregators[method]()
 
 
 def _as_server_app() -> None:
@@ -161,9 +166,9 @@ def _reset_peak() -> bool:
 
 def measure(case: Case) -> dict[str, float]:
     """Build the replies, then time ``case.repeats`` aggregations (fresh replies each time
-    for Flower's median and trimmed mean, which empty the replies they read) and report the
-    extra peak RSS in bytes. Saves the aggregate to ``case.out`` if set."""
-    mutates = case.impl.startswith("flower") and case.method in {"median", "trimmed"}
+    for Flower's median, trimmed mean and Bulyan, which empty the replies they read) and
+    report the extra peak RSS in bytes. Saves the aggregate to ``case.out`` if set."""
+    mutates = case.impl.startswith("flower") and case.method in {"median", "trimmed", "bulyan"}
     seconds, extra, arrays = [], 0, None
     for _ in range(case.repeats):
         replies = make_replies(case.n, case.p)
@@ -224,7 +229,12 @@ FULL = Sizes(mean_p=10_000_000, mean_ns=(10, 30, 100), robust_n=100, robust_p=1_
 QUICK = Sizes(mean_p=200_000, mean_ns=(4, 8), robust_n=24, robust_p=50_000)
 
 
-def _pair(method: str, n: int, p: int, repeats: int, tmp: str, flower: str = "flower") -> tuple:
+Result = dict[str, float]
+
+
+def _pair(
+    method: str, n: int, p: int, repeats: int, tmp: str, flower: str = "flower"
+) -> tuple[Result, Result, float]:
     ours_out, flower_out = f"{tmp}/{method}-{n}-ours.npy", f"{tmp}/{method}-{n}-{flower}.npy"
     ours = in_subprocess(Case(method, "ours", n, p, repeats, ours_out))
     theirs = in_subprocess(Case(method, flower, n, p, repeats, flower_out))

@@ -2,15 +2,16 @@
 
 The new model is ``Σ wᵢ xᵢ`` with ``wᵢ`` the reply's share of the total weight (examples, by
 default), exactly Flower's `aggregate_arrayrecords`. Flower builds it from a deserialised copy
-of every reply and a temporary per term; here the sum runs over blocks of coordinates: for
-each block, every reply's slice is added into a float64 accumulator that stays in cache, and
-the block is stored once into the output. Extra memory is the output (one model), its final
-copy into bytes (one model, briefly) and a few blocks of scratch — flat in the number of
-replies, because no reply is ever copied or stacked.
+of every reply and a temporary per term, each a pass over main memory; here the sum runs over
+blocks of coordinates: for each block, every reply's slice is added into an accumulator that
+stays in cache, and the block is stored once into the output, on one thread per core. Extra
+memory is the output (one model), its final copy into bytes (one model, briefly) and a few
+blocks of scratch — flat in the number of replies, because no reply is ever copied or stacked.
 
-float64 accumulation is at least as accurate as Flower's float32 running sum, so the two agree
-to within Flower's own rounding; the output has Flower's dtype (``x * w``'s: float32 stays
-float32, integers become float64).
+The arithmetic is Flower's, operation for operation: the weights are normalised in Python
+floats, each term is ``x * w`` in the dtype NumPy gives it (float32 stays float32, integers
+become float64) and the terms are added in reply order in that dtype — so the result is
+bit-identical to Flower's, only computed in cache instead of in main memory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from federator.strategies.aggregation.updates import (
     result_dtype,
 )
 
-# float64 accumulator and term, 256 KiB each: they stay in a core's L2 cache.
+# Accumulator and term, 128 KiB each in float32: they stay in a core's L2 cache.
 MEAN_BLOCK = 1 << 15
 
 
@@ -38,18 +39,20 @@ def _times_weight(a: Flat) -> Flat:
 
 
 def _mean_layer(layer: Layer, weights: Float64) -> Array:
-    out = Output(layer.shape, result_dtype(layer.dtype, _times_weight))
-    views, first = layer.views, float(weights[0])
+    dtype = result_dtype(layer.dtype, _times_weight)
+    out = Output(layer.shape, dtype)
+    views = layer.views
+    # A Python float times an array is computed in the array's dtype (NumPy 2, NEP 50).
+    ws = [np.asarray(float(w)).astype(dtype)[()] for w in weights]
 
     def work(start: int, stop: int) -> None:
-        acc, term = np.empty(MEAN_BLOCK), np.empty(MEAN_BLOCK)
+        term = np.empty(MEAN_BLOCK, dtype=dtype)
         for s, e in blocks(start, stop, MEAN_BLOCK):
-            a, t = acc[: e - s], term[: e - s]
-            np.multiply(views[0][s:e], first, out=a)
-            for v, w in zip(views[1:], weights[1:], strict=True):
+            acc, t = out.flat[s:e], term[: e - s]
+            np.multiply(views[0][s:e], ws[0], out=acc)
+            for v, w in zip(views[1:], ws[1:], strict=True):
                 np.multiply(v[s:e], w, out=t)
-                a += t
-            out.flat[s:e] = a
+                acc += t
 
     in_parallel(layer.size, work)
     return out.array()

@@ -13,6 +13,7 @@ thread per core: NumPy releases the GIL inside its loops, so two cores do twice 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,13 +138,12 @@ def weights_of(contents: Sequence[RecordDict], key: str) -> Float64:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AggregationFailed(f"reply {i} has no numeric weight {key!r}")
         raw.append(float(value))
-    w = np.asarray(raw, dtype=np.float64)
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
+    if not all(math.isfinite(w) and w >= 0 for w in raw):
         raise AggregationFailed(f"weights {key!r} must be finite and non-negative: {raw}")
-    total = float(w.sum())
+    total = sum(raw)  # in order, in Python floats: Flower's rounding
     if total <= 0:
         raise AggregationFailed(f"the weights {key!r} sum to {total}: nothing to average by")
-    return w / total
+    return np.asarray([w / total for w in raw], dtype=np.float64)
 
 
 class Output:
