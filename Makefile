@@ -40,6 +40,7 @@ bench: $(STAMP)
 		--dp-lr 4 --dp-momentum 0.5 --max-grad-norm 0.25
 	nice -n 15 $(BIN)/python -m federator.simulations.bench.round_latency
 	$(BIN)/python -m federator.simulations.bench.serving
+	nice -n 10 $(BIN)/python -m federator.simulations.bench.aggregation
 
 clean:
 	rm -rf federator-runs .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ message is meant for a person::
     ├── CheckpointError        a checkpoint is unreadable or does not fit this federation
     ├── DeploymentError        a SuperLink/SuperNode did not start or was refused
     ├── UpdateRejected         a client's update failed screening (the round goes on)
+    ├── AggregationFailed      the accepted replies cannot be aggregated (the round is skipped)
     ├── FederationFailed       a federation stopped before its last round
     │   └── FederationInterrupted  ... because someone asked it to (Ctrl-C)
     ├── PolicyRefused          a node's own policy forbids what the coordinator asks
@@ -31,6 +32,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregationFailed",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -92,6 +94,11 @@ class UpdateRejected(FederatorError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class AggregationFailed(FederatorError):
+    """The replies cannot be aggregated: none at all, arrays that do not fit together (keys,
+    shapes, dtypes), or weights that sum to zero. The round is skipped with this reason."""
 
 
 class FederationFailed(FederatorError):

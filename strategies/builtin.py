@@ -1,7 +1,10 @@
 """Flower 1.42's Message-API strategies, registered under short names with typed parameters.
 
 Each entry cites the paper the Flower implementation follows. Federator never subclasses these;
-its hooks wrap whichever one the config names (see `federator.strategies.screening`).
+its hooks wrap whichever one the config names (see `federator.strategies.screening`). The
+averaging and robust ones also name Federator's own aggregator
+(`federator.strategies.aggregation`): same results as Flower's, much faster at scale, while the
+Flower object still samples, configures and evaluates.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Annotated, TypedDict
 from flwr.serverapp import strategy as fl
 from pydantic import BaseModel, ConfigDict, Field
 
+from federator.strategies import aggregation as agg
 from federator.strategies.registry import Registry
 from federator.strategies.spec import NoParams, Sampling, StrategySpec
 
@@ -93,6 +97,41 @@ def _check_krum(params: BaseModel, train_nodes: int) -> list[str]:
     return problems
 
 
+def _check_bulyan(params: BaseModel, train_nodes: int) -> list[str]:
+    assert isinstance(params, KrumParams)
+    f = params.num_malicious_nodes
+    if not 4 * f + 3 <= train_nodes:
+        return [
+            f"Bulyan tolerates f={f} malicious nodes only with at least 4f+3={4 * f + 3} "
+            f"updates per round, but a round samples {train_nodes}"
+        ]
+    return []
+
+
+def _mean(_: BaseModel) -> agg.Aggregator:
+    return agg.WeightedMean()
+
+
+def _multikrum_agg(p: BaseModel) -> agg.Aggregator:
+    assert isinstance(p, KrumParams)
+    m = p.num_nodes_to_select if isinstance(p, MultiKrumParams) else 1
+    return agg.MultiKrum(num_malicious=p.num_malicious_nodes, num_to_select=m)
+
+
+def _trimmed_agg(p: BaseModel) -> agg.Aggregator:
+    assert isinstance(p, TrimmedAvgParams)
+    return agg.TrimmedMean(p.beta)
+
+
+def _median_agg(_: BaseModel) -> agg.Aggregator:
+    return agg.Median()
+
+
+def _bulyan_agg(p: BaseModel) -> agg.Aggregator:
+    assert isinstance(p, KrumParams)
+    return agg.Bulyan(num_malicious=p.num_malicious_nodes)
+
+
 def _fedavg(s: Sampling, _: BaseModel) -> fl.Strategy:
     return fl.FedAvg(**_sampling_kwargs(s))
 
@@ -135,6 +174,11 @@ def _median(s: Sampling, _: BaseModel) -> fl.Strategy:
     return fl.FedMedian(**_sampling_kwargs(s))
 
 
+def _bulyan(s: Sampling, p: BaseModel) -> fl.Strategy:
+    assert isinstance(p, KrumParams)
+    return fl.Bulyan(**_sampling_kwargs(s), num_malicious_nodes=p.num_malicious_nodes)
+
+
 for _spec in (
     StrategySpec(
         name="fedavg",
@@ -143,6 +187,7 @@ for _spec in (
         params_model=NoParams,
         factory=_fedavg,
         plain_fedavg=True,
+        aggregator=_mean,
     ),
     StrategySpec(
         name="fedprox",
@@ -150,6 +195,7 @@ for _spec in (
         params_model=FedProxParams,
         factory=_fedprox,
         per_example_loss=False,
+        aggregator=_mean,
     ),
     StrategySpec(
         name="fedadam",
@@ -173,6 +219,7 @@ for _spec in (
         factory=_krum,
         needs_individual_updates=True,
         check=_check_krum,
+        aggregator=_multikrum_agg,
     ),
     StrategySpec(
         name="multikrum",
@@ -182,6 +229,7 @@ for _spec in (
         factory=_multikrum,
         needs_individual_updates=True,
         check=_check_krum,
+        aggregator=_multikrum_agg,
     ),
     StrategySpec(
         name="fedtrimmedavg",
@@ -190,6 +238,7 @@ for _spec in (
         params_model=TrimmedAvgParams,
         factory=_trimmed,
         needs_individual_updates=True,
+        aggregator=_trimmed_agg,
     ),
     StrategySpec(
         name="fedmedian",
@@ -198,6 +247,17 @@ for _spec in (
         params_model=NoParams,
         factory=_median,
         needs_individual_updates=True,
+        aggregator=_median_agg,
+    ),
+    StrategySpec(
+        name="bulyan",
+        paper="El Mhamdi et al. 2018, The Hidden Vulnerability of Distributed Learning in "
+        "Byzantium (ICML 2018, arXiv:1802.07927)",
+        params_model=KrumParams,
+        factory=_bulyan,
+        needs_individual_updates=True,
+        check=_check_bulyan,
+        aggregator=_bulyan_agg,
     ),
 ):
     STRATEGIES.register(_spec.name, _spec)

@@ -21,7 +21,7 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.exception import PrivacyBudgetExhausted as CentralBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
-from federator import FederationFailed
+from federator import AggregationFailed, FederationFailed
 from federator.client.tasks import Evaluation
 from federator.client.weights import arrays_to_numpy
 from federator.privacy.central import CentralDp, central_dp
@@ -127,7 +127,11 @@ class Federation:
         self._base = plan.strategy.build()
         central = plan.privacy.central
         self.central: CentralDp | None = central_dp(self._base, central) if central else None
-        inner: Strategy = self.central.strategy if self.central else self._base
+        # Central DP keeps Flower's own FedAvg arithmetic inside its wrappers: the accountant
+        # accepts only `FedAvg.aggregate_train`, and the noise dwarfs the averaging's cost.
+        inner: Strategy = (
+            self.central.strategy if self.central else plan.strategy.aggregating(self._base)
+        )
         self.strategy = Guarded(
             inner, seed=plan.seed, node_order=directory.order_key, rules=plan.screening
         )
@@ -338,7 +342,7 @@ class Federation:
         else:
             try:
                 result = self.strategy.train_round(rnd, self._exchange(train_msgs))
-            except (AggregationError, InconsistentMessageReplies) as err:
+            except (AggregationError, InconsistentMessageReplies, AggregationFailed) as err:
                 result = Trained(None, None, Screened([], []))
                 skip_reason = f"aggregation failed: {err}"
         accepted = len(result.screened.accepted)

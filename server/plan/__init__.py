@@ -53,6 +53,10 @@ class StrategyPlan:
         """A fresh Flower strategy (unwrapped)."""
         return self.spec.build(self.sampling, self.params)
 
+    def aggregating(self, strategy: Strategy) -> Strategy:
+        """``strategy`` (from `build`) with Federator's own aggregator, if the spec has one."""
+        return self.spec.aggregating(strategy, self.params)
+
     @property
     def train_nodes_per_round(self) -> int:
         return sampled(

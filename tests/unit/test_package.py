@@ -10,6 +10,7 @@ import pytest
 
 PUBLIC = {
     "federator": [
+        "AggregationFailed",
         "CheckpointError",
         "ConfigError",
         "DataError",

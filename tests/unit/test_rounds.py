@@ -19,6 +19,7 @@ from federator.server.federation.nodes import NodeDirectory
 from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan, build_plan
 from federator.simulations.partition import server_holdout
+from federator.strategies.aggregation import FastAggregation, Median
 
 
 @pytest.fixture(autouse=True)
@@ -189,3 +190,29 @@ def test_waiting_for_nodes_times_out_with_a_clear_error(raw_config: dict[str, An
     with pytest.raises(FederationFailed, match="only 2 of the 4 nodes needed connected"):
         fed.run()
     assert rec.waits == [(2, 4)]
+
+
+def test_robust_aggregation_runs_through_the_round_loop(raw_config: dict[str, Any]) -> None:
+    """Our own median, inside Guarded, completes a round."""
+    plan = make_plan(raw_config, federation__rounds=1, strategy__name="fedmedian")
+    fed, rec = federate(plan, FakeGrid(client_handlers(4)))
+    assert isinstance(fed.strategy.inner, FastAggregation)
+    assert isinstance(fed.strategy.inner.aggregator, Median)
+    assert rec.rounds[0].status is RoundStatus.COMPLETED
+    assert rec.rounds[0].participants == 4
+    assert rec.rounds[0].arrays is not None
+
+
+def test_a_round_our_aggregator_refuses_is_skipped_with_its_reason(
+    raw_config: dict[str, Any],
+) -> None:
+    """Bulyan with f = 0 needs 3 updates; two NaN updates are rejected, two remain."""
+    plan = make_plan(raw_config, federation__rounds=1, strategy__name="bulyan")
+    handlers = client_handlers(4)
+    for node in list(handlers)[:2]:
+        handlers[node] = _nan_update(handlers[node])
+    _, rec = federate(plan, FakeGrid(handlers))
+    assert rec.rounds[0].status is RoundStatus.SKIPPED
+    assert "aggregation failed: Bulyan with f=0 needs at least 4f+3=3 replies, got 2" in (
+        rec.rounds[0].skip_reason or ""
+    )

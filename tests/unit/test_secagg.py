@@ -303,6 +303,7 @@ def test_flowers_legacy_api_is_used_in_the_secagg_modules_only() -> None:
         "server/_flwr_compat/__init__.py",  # the switch between Flower's workflow and ours
         "server/_flwr_compat/secagg_workflow.py",
         "server/_flwr_compat/sim_dispatch.py",  # the Simulation Engine lives in flwr.server
+        "simulations/bench/aggregation.py",  # its reference: Flower's legacy aggregate_krum
     }
 
 

@@ -26,6 +26,7 @@ EXPECTED = {
     "multikrum": fl.MultiKrum,
     "fedtrimmedavg": fl.FedTrimmedAvg,
     "fedmedian": fl.FedMedian,
+    "bulyan": fl.Bulyan,
 }
 
 
@@ -82,7 +83,7 @@ def test_unknown_parameter_is_refused() -> None:
 
 def test_robust_strategies_are_marked() -> None:
     robust = {n for n in STRATEGIES if STRATEGIES.get(n).needs_individual_updates}
-    assert robust == {"krum", "multikrum", "fedtrimmedavg", "fedmedian"}
+    assert robust == {"krum", "multikrum", "fedtrimmedavg", "fedmedian", "bulyan"}
 
 
 @pytest.mark.parametrize(
@@ -90,5 +91,14 @@ def test_robust_strategies_are_marked() -> None:
 )
 def test_krum_bound_is_2f_plus_2(f: int, n: int, ok: bool) -> None:
     spec = STRATEGIES.get("krum")
+    problems = spec.problems(spec.parse_params({"num_malicious_nodes": f}), train_nodes=n)
+    assert (problems == []) is ok
+
+
+@pytest.mark.parametrize(
+    ("f", "n", "ok"), [(0, 3, True), (0, 2, False), (1, 6, False), (1, 7, True)]
+)
+def test_bulyan_bound_is_4f_plus_3(f: int, n: int, ok: bool) -> None:
+    spec = STRATEGIES.get("bulyan")
     problems = spec.problems(spec.parse_params({"num_malicious_nodes": f}), train_nodes=n)
     assert (problems == []) is ok
