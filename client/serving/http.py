@@ -162,7 +162,11 @@ class _Service:
             if instead is None:
                 _log.error("version %s failed to predict: %s", model.version, err)
                 return None
-            return instead, instead.predict(batch)
+            try:
+                return instead, instead.predict(batch)
+            except Exception as again:  # noqa: BLE001 - answered as a 500 with the reason
+                _log.error("version %s failed to predict too: %s", instead.version, again)
+                return None
         self.holder.record(model, seconds=time.perf_counter() - t0)
         return model, prediction
 
