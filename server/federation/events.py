@@ -81,6 +81,10 @@ class RoundOutcome:
     checkpoint: Checkpoint | None = field(default=None, repr=False)
     # Central DP spent after this round (``central-epsilon``, ``central-delta``), if accounted.
     privacy: Mapping[str, float] = field(default_factory=dict)
+    # A simulation's ``[attack]``: the attackers (partition labels) whose training replies
+    # came in this round, and those of them whose updates passed screening (into aggregation).
+    attackers: Sequence[str] = ()
+    attackers_accepted: Sequence[str] = ()
 
     @property
     def participants(self) -> int:

@@ -45,6 +45,7 @@ from federator.server.federation.instructions import (
 from federator.server.federation.nodes import NodeDirectory
 from federator.server.plan import FederationPlan
 from federator.server.plan.config import GateMetric
+from federator.simulations.attacks.adversary import Adversary
 from federator.strategies import Guarded, Screened
 from federator.strategies.guarded import Evaluated, Trained
 
@@ -66,6 +67,12 @@ class _TrainPhase:
     result: Trained
     sampled: int
     skip_reason: str | None
+    attackers: tuple[str, ...] = ()
+
+    @property
+    def attackers_accepted(self) -> tuple[str, ...]:
+        accepted = {r.label for r in self.result.screened.accepted}
+        return tuple(a for a in self.attackers if a in accepted)
 
 
 @dataclass
@@ -129,6 +136,8 @@ class Federation:
         self.strategy = Guarded(
             inner, seed=plan.seed, node_order=directory.order_key, rules=plan.screening
         )
+        # A simulation's attackers, poisoning their replies before screening sees them.
+        self._adversary = Adversary(plan.attack) if plan.attack is not None else None
         self._loop = _LoopState(arrays=initial_arrays(plan.task(), plan.seed))
         self.checkpointer = checkpointer or Checkpointer()
         self.checkpointer.register(Component.LOOP, self._loop)
@@ -274,6 +283,8 @@ class Federation:
             wall_time=0.0,
             skip_reason=train.skip_reason,
             privacy=self.central.spent() if self.central else {},
+            attackers=train.attackers,
+            attackers_accepted=train.attackers_accepted,
         )
         if train.skip_reason is not None or train.result.arrays is None:
             return replace(outcome, wall_time=self._clock() - t0)
@@ -304,14 +315,21 @@ class Federation:
         if short is not None:
             return _TrainPhase(Trained(None, None, Screened([], [])), 0, short)
         train_msgs = self._configure_train(rnd, arrays)
-        skip_reason = None
+        skip_reason: str | None = None
+        attackers: tuple[str, ...] = ()
         if self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
             secagg = self._secagg(rnd, arrays, train_msgs)
             result = Trained(secagg.arrays, secagg.metrics, secagg.screened)
             skip_reason = secagg.skip_reason
+            if self._adversary is not None:  # label flipping: the poison is in the data
+                attackers = self._adversary.among(r.label for r in result.screened.accepted)
         else:
+            replies: Sequence[Message] = self._exchange(train_msgs)
+            if self._adversary is not None:
+                attackers = self._adversary.attackers_in(replies)
+                replies = self._adversary.poison(rnd, arrays, replies)
             try:
-                result = self.strategy.train_round(rnd, self._exchange(train_msgs))
+                result = self.strategy.train_round(rnd, replies)
             except (AggregationError, InconsistentMessageReplies) as err:
                 result = Trained(None, None, Screened([], []))
                 skip_reason = f"aggregation failed: {err}"
@@ -323,7 +341,7 @@ class Federation:
                 f"{accepted} of {len(train_msgs)} sampled clients returned an "
                 f"acceptable update (minimum {self.plan.strategy.min_replies})"
             )
-        return _TrainPhase(result, len(train_msgs), skip_reason)
+        return _TrainPhase(result, len(train_msgs), skip_reason, attackers)
 
     def _evaluate(
         self, rnd: int, arrays: ArrayRecord, server_side: Executor

@@ -16,6 +16,7 @@ from federator.server.plan import FederationPlan
 from federator.server.releases import ReleaseService
 from federator.server.tracking import mlflow_io as io
 from federator.server.tracking._export import FlavourExports, ModelExporter
+from federator.server.tracking._records import attack_tags
 from federator.server.tracking._versions import Lineage, Registrar
 from federator.server.tracking._worker import Job, OrderedWorker
 
@@ -40,6 +41,7 @@ def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
                 "federator.code_version": code_version,
                 "federator.config_source": plan.source,
                 **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
+                **attack_tags(plan),
             },
         )
         io.log_params(client, run.info.run_id, plan.flat_params())
@@ -158,6 +160,7 @@ def start_session(
             task_ref=plan.task_ref,
             example=registrar.staging / "example.npy",
             submit=submit,
+            enabled=plan.tracking.export_flavour,
         ),
         staging=staging,
         releases=releases,
