@@ -39,6 +39,7 @@ bench: $(STAMP)
 		--dp-task mnist-scatter --dp-rounds 15 --dp-epochs 1 --dp-batch-size 128 \
 		--dp-lr 4 --dp-momentum 0.5 --max-grad-norm 0.25
 	nice -n 15 $(BIN)/python -m federator.simulations.bench.round_latency
+	$(BIN)/python -m federator.simulations.bench.robustness
 
 clean:
 	rm -rf federator-runs .pytest_cache .mypy_cache .ruff_cache

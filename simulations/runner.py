@@ -127,7 +127,7 @@ def simulate(
     from federator.server.federation.app import RunHandle, build_server_app, simulation_dispatch
 
     # The plan's label flip goes to the nodes whatever settings they were given.
-    nodes = replace(nodes or simulated_nodes(plan), label_flip=label_flip(plan))
+    nodes = simulated_nodes(plan) if nodes is None else replace(nodes, label_flip=label_flip(plan))
     client_app = build_client_app(simulated=nodes)
     handle = RunHandle()
     server_app = build_server_app(plan, display=display, handle=handle, resume=resume)

@@ -26,7 +26,7 @@ from federator.client.bundle import TaskBundle
 from federator.client.tasks import Task, TrainSettings, resolve_task
 from federator.server.plan._checks import cross_checks, sampled
 from federator.server.plan._profiles import apply_profile
-from federator.server.plan.attack import attack_plan, attack_problems
+from federator.server.plan.attack import attack_plan, attack_problems, resolved_attack
 from federator.server.plan.config import FederationConfig, GateSection
 from federator.server.plan.overrides import Override, apply_overrides
 from federator.server.plan.privacy import PrivacyPlan, privacy_plan, privacy_problems
@@ -317,8 +317,11 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
     resolved = cfg.model_dump(mode="json")
     resolved["data"]["dataset"] = cfg.data.dataset or task.dataset
     resolved["strategy"]["params"] = params.model_dump(mode="json")
-    if cfg.attack is None:
+    attack = attack_plan(cfg, train_nodes=_train_nodes(cfg))
+    if attack is None:
         del resolved["attack"]  # a config without one hashes as it did before attacks existed
+    else:
+        resolved["attack"] = resolved_attack(cfg, attack)
     return FederationPlan(
         name=cfg.federation.name,
         rounds=cfg.federation.rounds,
@@ -350,7 +353,7 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
         source=source,
         resolved=resolved,
         config_hash=config_hash(resolved),
-        attack=attack_plan(cfg, train_nodes=_train_nodes(cfg)),
+        attack=attack,
     )
 
 

@@ -39,4 +39,12 @@ def attack_plan(cfg: FederationConfig, *, train_nodes: int) -> Attack | None:
     )
 
 
-__all__ = ["attack_plan", "attack_problems"]
+def resolved_attack(cfg: FederationConfig, attack: Attack) -> dict[str, object]:
+    """The ``[attack]`` of the resolved config (MLflow's params): the keys given, with the
+    kind's parameter and the seed filled in as the attack uses them."""
+    assert cfg.attack is not None
+    given = cfg.attack.model_dump(mode="json", exclude_none=True)
+    return {**given, **attack.params(), "seed": attack.seed}
+
+
+__all__ = ["attack_plan", "attack_problems", "resolved_attack"]

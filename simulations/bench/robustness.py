@@ -242,6 +242,7 @@ def main() -> None:
     defences = [DEFENCES[0], DEFENCES[1], DEFENCES[-1]] if args.quick else list(DEFENCES)
     rounds = {"digits-mlp": 2 if args.quick else args.digits_rounds, "mnist-cnn": args.mnist_rounds}
     console = Console()
+    started = time.monotonic()
     results: dict[str, dict[str, dict[str, Cell]]] = {}
     for model in models:
         runs_dir = Path(tempfile.mkdtemp(prefix=f"federator-robust-{model}-"))
@@ -254,6 +255,10 @@ def main() -> None:
                 if args.json:
                     _write(args.json, results)
         print_model(console, model, grid, rounds[model])
+    console.print(
+        f"{sum(len(g) for r in results.values() for g in r.values())} runs in "
+        f"{(time.monotonic() - started) / 60:.1f} min"
+    )
 
 
 def _write(path: Path, results: Mapping[str, Mapping[str, Mapping[str, Cell]]]) -> None:

@@ -160,6 +160,19 @@ def test_the_plan_resolves_attackers_and_defaults(raw_config: dict[str, Any]) ->
     assert plan_with(raw_config, {"kind": "gaussian", "count": 1}).attack.sigma == 1.0  # type: ignore[union-attr]
 
 
+def test_the_resolved_config_carries_the_values_the_attack_uses(
+    raw_config: dict[str, Any],
+) -> None:
+    plan = plan_with(raw_config, {"kind": "little-is-enough", "fraction": 0.2}, clients=10)
+    assert plan.attack is not None
+    resolved = plan.resolved["attack"]
+    assert resolved == {"kind": "little-is-enough", "fraction": 0.2, "z": plan.attack.z, "seed": 1}
+    assert plan.flat_params()["attack.kind"] == "little-is-enough"
+    again = plan_with(raw_config, resolved, clients=10)  # the resolved section is a valid one
+    assert again.attack == plan.attack
+    assert again.config_hash == plan.config_hash
+
+
 def test_a_config_without_an_attack_hashes_as_before(raw_config: dict[str, Any]) -> None:
     plan = build_plan(raw_config, source="test")
     assert plan.attack is None
