@@ -109,8 +109,9 @@ def simulate(
     Flower's Simulation Engine dispatches messages every 0.01 s rather than 0.1 s
     (`federator.server.federation.app.simulation_dispatch`); ``stock_flower`` keeps Flower's.
 
-    The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan),
-    bound into the ClientApp that Flower ships to its Ray workers. Errors raised by the
+    The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan; either
+    way with the plan's `label_flip`), bound into the ClientApp that Flower ships to its Ray
+    workers. Errors raised by the
     federation (config, data, tracking, too many skipped rounds) propagate unchanged.
     """
     _quiet_environment()
