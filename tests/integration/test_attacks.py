@@ -2,9 +2,9 @@
 
 10 simulated digits-mlp clients, 2 of them attackers, every attack against every robust
 strategy (the median, the trimmed mean, Krum, Multi-Krum), each held to the same strategy's
-clean accuracy. Those 20 federations (and the 4 clean ones) run Federator's real round loop,
-ClientApp code, strategies and adversary on an in-process grid, one node after the other —
-Ray's start-up would cost more than the rounds themselves, 24 times over. The
+clean accuracy. Those 20 federations (and the 5 clean ones) run Federator's real round loop,
+ClientApp code, strategies and adversary on an in-process grid, one node after the other, in
+about 0.5 s each — through Ray each would cost 15-25 s of start-up for 4 rounds of 0.2 s. The
 `federator simulate` path itself (Ray, MLflow) runs twice: plain FedAvg under scaling, which
 the poison gets through, and FedAvg with the default screening, which keeps it out; MLflow must
 name the attackers. A deployment command must refuse a config with an attack.
