@@ -41,6 +41,7 @@ bench: $(STAMP)
 	nice -n 15 $(BIN)/python -m federator.simulations.bench.round_latency
 	$(BIN)/python -m federator.simulations.bench.serving
 	nice -n 10 $(BIN)/python -m federator.simulations.bench.aggregation
+	$(BIN)/python -m federator.simulations.bench.robustness
 
 clean:
 	rm -rf federator-runs .pytest_cache .mypy_cache .ruff_cache

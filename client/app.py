@@ -130,12 +130,20 @@ def train(msg: Message, context: Context, *, simulated: SimulatedNodes | None = 
     node = node_config(context, simulated=simulated)
     instr, task = _instructed(msg, context, node)
     return client_clipping(
-        instr.central_clipping, msg, context, lambda m, _: _train(m, node, instr, task)
+        instr.central_clipping, msg, context, lambda m, _: _train(m, node, instr, task, simulated)
     )
 
 
-def _train(msg: Message, node: NodeConfig, instr: Instructions, task: Task) -> Message:
+def _train(
+    msg: Message,
+    node: NodeConfig,
+    instr: Instructions,
+    task: Task,
+    simulated: SimulatedNodes | None = None,
+) -> Message:
     data, model = _prepare(msg, node, instr, task)
+    if simulated is not None:  # an attacker partition of an [attack] trains on poisoned data
+        data = simulated.training_data(node, data)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
     mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]

@@ -34,6 +34,8 @@ from federator.client.tasks import Task, resolve_task
 from federator.client.wire import NodeConfigKey
 from federator.privacy.accounting import Accountant
 from federator.privacy.policy import Delta, NodePrivacyPolicy
+from federator.simulations.attacks.labels import LabelFlip
+from federator.simulations.partition import ClientData, partition_label
 
 DEFAULT_KEEP = 3
 DEFAULT_DELTA = 1e-5
@@ -83,7 +85,7 @@ class NodeConfig:
             raise FederatorError(
                 "this node has neither a 'name' nor a 'partition-id' in its node config"
             )
-        return f"partition-{self.partition_id}"
+        return partition_label(self.partition_id)
 
 
 _ADAPTER = TypeAdapter(NodeConfig)
@@ -104,6 +106,8 @@ class SimulatedNodes:
     max_epsilon: float | None = None
     privacy_delta: float = DEFAULT_DELTA
     dp_noise_seed: int | None = None
+    # An ``[attack]`` of kind label-flip: the attacker partitions train on flipped labels.
+    label_flip: LabelFlip | None = None
 
     def node_config(self) -> dict[str, object]:
         """The settings every node shares, as the raw node config a partner would write."""
@@ -116,6 +120,13 @@ class SimulatedNodes:
             NodeConfigKey.DP_NOISE_SEED: self.dp_noise_seed,
         }
         return {k: v for k, v in shared.items() if v is not None}
+
+    def training_data(self, config: NodeConfig, data: ClientData) -> ClientData:
+        """``data`` as node ``config`` trains on it: with its training labels flipped if it is
+        an attacker partition of a label-flip attack (`LabelFlip`), else as it is."""
+        if self.label_flip is None or not self.label_flip.applies_to(config.partition_id):
+            return data
+        return self.label_flip.apply(data)
 
     def place(self, config: NodeConfig) -> NodeConfig:
         """``config`` with this node's own store and ledger under the roots, where unset."""

@@ -23,6 +23,7 @@ from federator.server.federation.events import (
     RoundOutcome,
     RoundStatus,
 )
+from federator.server.plan import FederationPlan
 from federator.server.releases import DeliveryReport
 
 
@@ -89,6 +90,24 @@ def _run_line(event: FederationStarted) -> str:
     return (
         f"{resumed}MLflow run {event.run_id} (after a crash: federator simulate ... "
         f"--resume {event.run_id})"
+    )
+
+
+def attack_plan_line(plan: FederationPlan) -> str | None:
+    """The simulation's attack, said once at the start (None: no ``[attack]``)."""
+    a = plan.attack
+    if a is None:
+        return None
+    return f"attack (simulation): {a.summary()}"
+
+
+def attack_line(o: RoundOutcome) -> str | None:
+    """Which attackers sent this round's poisoned replies, and how many passed screening."""
+    if not o.attackers:
+        return None
+    return (
+        f"attacked by {', '.join(o.attackers)}: "
+        f"{len(o.attackers_accepted)} of {len(o.attackers)} past screening"
     )
 
 
@@ -207,6 +226,8 @@ class RichProgress:
         )
         self._saved = event.resumed_after
         self.console.print(f"[dim]{_run_line(event)}[/]", highlight=False)
+        if attack := attack_plan_line(p):
+            self.console.print(Text(attack, style="magenta"))
         self._progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -231,6 +252,8 @@ class RichProgress:
         self.console.print(_line([*head, verdict]), style=style, highlight=False)
         if why:
             self.console.print(Text(f"       ↳ {why}", style="dim"))
+        if attack := attack_line(outcome):
+            self.console.print(Text(f"       {attack}", style="magenta"))
         for r in outcome.refusals:
             self.console.print(
                 Text("       refused ", style="yellow")
@@ -299,11 +322,15 @@ class LogProgress:
         )
         self._saved = event.resumed_after
         self._log(_run_line(event))
+        if attack := attack_plan_line(p):
+            self._log(attack)
 
     def on_round(self, outcome: RoundOutcome) -> None:
         cells = _round_cells(outcome, self._saved)
         pairs = zip(cells[1:], _COLUMNS[1:], strict=True)
         self._log(f"round {cells[0]}: " + ", ".join(f"{name} {c}" for c, (name, _) in pairs))
+        if attack := attack_line(outcome):
+            self._log(f"  {attack}")
         for r in outcome.refusals:
             self._log(f"  refused {r.phase} from {r.pseudonym}: {r.reason}")
         for line in serving_lines(outcome):

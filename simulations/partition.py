@@ -59,6 +59,12 @@ class SimulationData:
     client_val_fraction: ValFraction = 0.2
 
 
+def partition_label(partition_id: int) -> str:
+    """The label of simulated client ``partition_id`` (``partition-3``): the name a simulated
+    node goes by, as a deployed node goes by its configured ``name``."""
+    return f"partition-{partition_id}"
+
+
 @dataclass(frozen=True)
 class ClientData:
     """One client's local data: what it trains on and what it validates on."""

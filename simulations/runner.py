@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the server imports this package; import it back only for ty
     from federator.server.federation.events import FederationSummary
     from federator.server.federation.runner import Display
     from federator.server.plan import FederationPlan
+    from federator.simulations.attacks import LabelFlip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +66,10 @@ def simulated_nodes(plan: FederationPlan) -> SimulatedNodes:
     exactly as a real partner pins the key it was given out of band."""
     from federator.client.node import SimulatedNodes
 
-    ledgers = SimulatedNodes(ledger_root=plan.tracking.runs_dir / "nodes" / "privacy-ledgers")
+    ledgers = SimulatedNodes(
+        ledger_root=plan.tracking.runs_dir / "nodes" / "privacy-ledgers",
+        label_flip=label_flip(plan),
+    )
     if plan.release is None:
         return ledgers
     return replace(
@@ -75,6 +79,19 @@ def simulated_nodes(plan: FederationPlan) -> SimulatedNodes:
         model=plan.tracking.registered_model,
         keep=plan.release.keep,
     )
+
+
+def label_flip(plan: FederationPlan) -> LabelFlip | None:
+    """The attacker partitions' label flip, if ``plan``'s ``[attack]`` is one; its classes
+    are those of the whole dataset (0 … the largest label)."""
+    from federator.simulations.attacks import AttackKind, LabelFlip
+    from federator.simulations.datasets import load_dataset
+
+    attack = plan.attack
+    if attack is None or attack.kind is not AttackKind.LABEL_FLIP:
+        return None
+    classes = int(load_dataset(plan.data.dataset).y.max()) + 1
+    return LabelFlip(partitions=frozenset(attack.attackers), num_classes=classes)
 
 
 def simulate(
@@ -92,8 +109,9 @@ def simulate(
     Flower's Simulation Engine dispatches messages every 0.01 s rather than 0.1 s
     (`federator.server.federation.app.simulation_dispatch`); ``stock_flower`` keeps Flower's.
 
-    The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan),
-    bound into the ClientApp that Flower ships to its Ray workers. Errors raised by the
+    The nodes get ``nodes`` as their settings (default: `simulated_nodes` of the plan; either
+    way with the plan's `label_flip`), bound into the ClientApp that Flower ships to its Ray
+    workers. Errors raised by the
     federation (config, data, tracking, too many skipped rounds) propagate unchanged.
     """
     _quiet_environment()
@@ -109,7 +127,9 @@ def simulate(
     from federator.client.app import build_client_app
     from federator.server.federation.app import RunHandle, build_server_app, simulation_dispatch
 
-    client_app = build_client_app(simulated=nodes or simulated_nodes(plan))
+    # The plan's label flip goes to the nodes whatever settings they were given.
+    nodes = simulated_nodes(plan) if nodes is None else replace(nodes, label_flip=label_flip(plan))
+    client_app = build_client_app(simulated=nodes)
     handle = RunHandle()
     server_app = build_server_app(plan, display=display, handle=handle, resume=resume)
     try:

@@ -206,6 +206,7 @@ def _round_rows(plan: FederationPlan, trains: list[int]) -> list[Row]:
             f"{t.weight_decay}" + (f", FedProx μ {t.proximal_mu}" if t.proximal_mu else ""),
         ),
         ("privacy", "\n".join(privacy)),
+        *([("attack", f"{plan.attack.summary()} (simulation only)")] if plan.attack else []),
         ("rounds", f"{plan.rounds} (seed {plan.seed})"),
         (
             "gate",

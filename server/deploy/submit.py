@@ -28,7 +28,7 @@ from federator.server.federation.run_config import (
     decode_config,
     encode_config,
 )
-from federator.server.plan import FederationPlan, build_plan, read_config_file
+from federator.server.plan import FederationPlan, build_plan, for_deployment, read_config_file
 from federator.server.plan.overrides import Override, apply_overrides
 
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
@@ -46,7 +46,7 @@ def submitted_config(
     paths made absolute (the coordinator's ServerApp resolves nothing against the
     submitter's working directory). Defaults are left for the coordinator to fill in."""
     raw = apply_overrides(read_config_file(path), overrides)
-    plan = build_plan(raw, source=str(path))
+    plan = for_deployment(build_plan(raw, source=str(path)))
     raw = json.loads(json.dumps(raw))
     tracking = raw.setdefault("tracking", {})
     tracking["runs_dir"] = str(plan.tracking.runs_dir.resolve())

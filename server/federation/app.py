@@ -35,7 +35,7 @@ from federator.server.federation.run_config import (
     decode_config,
 )
 from federator.server.federation.runner import Display, run_federation
-from federator.server.plan import FederationPlan, build_plan, load_plan
+from federator.server.plan import FederationPlan, build_plan, for_deployment, load_plan
 from federator.server.plan.config import ReleaseSection
 from federator.server.plan.release import release_plan
 from federator.server.progress import LogProgress
@@ -59,14 +59,15 @@ class RunHandle:
 
 
 def _plan_from(context: Context) -> FederationPlan:
-    """The plan a run was submitted with (`federator run`), else the config it names."""
+    """The plan a run was submitted with (`federator run`), else the config it names; never
+    one with an ``[attack]`` (`for_deployment`: attacks run under ``federator simulate``)."""
     submitted = context.run_config.get(SUBMITTED_KEY)
     if isinstance(submitted, str) and submitted:
         raw = decode_config(submitted)
         bundle = _bundle_from(context, raw)  # on the import path before the plan imports it
-        plan = build_plan(raw, source="config submitted by federator run")
+        plan = for_deployment(build_plan(raw, source="config submitted by federator run"))
         return replace(plan, task_bundle=bundle)
-    return load_plan(str(context.run_config.get(CONFIG_KEY, "demo")))
+    return for_deployment(load_plan(str(context.run_config.get(CONFIG_KEY, "demo"))))
 
 
 def _bundle_from(context: Context, raw: dict[str, Any]) -> TaskBundle | None:

@@ -86,6 +86,10 @@ class RoundOutcome:
     privacy: Mapping[str, float] = field(default_factory=dict)
     # What the nodes' model services reported in this round's replies (node serve).
     serving: Sequence[NodeServing] = ()
+    # A simulation's ``[attack]``: the attackers (partition labels) whose training replies
+    # came in this round, and those of them whose updates passed screening (into aggregation).
+    attackers: Sequence[str] = ()
+    attackers_accepted: Sequence[str] = ()
 
     @property
     def participants(self) -> int:

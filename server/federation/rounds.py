@@ -28,7 +28,6 @@ from federator.privacy.central import CentralDp, central_dp
 from federator.server.federation._secagg_round import SecAggTraining
 from federator.server.federation.checkpoint import Checkpointer, Component, State
 from federator.server.federation.events import (
-    ClientRefusal,
     ClientResult,
     FederationStarted,
     Observer,
@@ -42,10 +41,11 @@ from federator.server.federation.instructions import (
     initial_arrays,
     instructions_for,
 )
-from federator.server.federation.monitoring import collect
 from federator.server.federation.nodes import NodeDirectory
+from federator.server.federation.reporting import RoundReport
 from federator.server.plan import FederationPlan
 from federator.server.plan.config import GateMetric
+from federator.simulations.attacks.adversary import Adversary
 from federator.strategies import Guarded, Screened
 from federator.strategies.guarded import Evaluated, Trained
 
@@ -67,6 +67,12 @@ class _TrainPhase:
     result: Trained
     sampled: int
     skip_reason: str | None
+    attackers: tuple[str, ...] = ()
+
+    @property
+    def attackers_accepted(self) -> tuple[str, ...]:
+        accepted = {r.label for r in self.result.screened.accepted}
+        return tuple(a for a in self.attackers if a in accepted)
 
 
 @dataclass
@@ -120,6 +126,7 @@ class Federation:
         self._exchanger = exchange or Exchange(grid)
         self._evaluate_server = evaluator
         self._directory = directory
+        self._report = RoundReport(directory)  # who said what, named by the directory
         self._observers = list(observers)
         self._node_timeout = node_timeout
         self._clock = clock
@@ -135,6 +142,8 @@ class Federation:
         self.strategy = Guarded(
             inner, seed=plan.seed, node_order=directory.order_key, rules=plan.screening
         )
+        # A simulation's attackers, poisoning their replies before screening sees them.
+        self._adversary = Adversary(plan.attack) if plan.attack is not None else None
         self._loop = _LoopState(arrays=start_from or initial_arrays(plan.task(), plan.seed))
         self.checkpointer = checkpointer or Checkpointer()
         self.checkpointer.register(Component.LOOP, self._loop)
@@ -217,37 +226,6 @@ class Federation:
         # Strategies write into the config they get (``server-round``): never share one.
         return ConfigRecord(dict(self._config))
 
-    def _results(self, screened: Screened | None) -> list[ClientResult]:
-        if screened is None:
-            return []
-        return [
-            ClientResult(
-                # The directory's name for the node (proven in a deployment), never the
-                # label a reply gives itself: a node cannot report under another's name.
-                pseudonym=self._directory.entry(r.node_id).pseudonym,
-                num_examples=r.num_examples,
-                metrics=dict(r.metrics),
-            )
-            for r in screened.accepted
-        ]
-
-    def _refusals(self, screened: Screened | None, phase: str) -> list[ClientRefusal]:
-        if screened is None:
-            return []
-        return [
-            ClientRefusal(
-                pseudonym=self._directory.entry(r.node_id).pseudonym, phase=phase, reason=r.reason
-            )
-            for r in screened.rejected
-        ]
-
-    def _identity_refusals(self) -> list[ClientRefusal]:
-        """Nodes refused since the last round because they did not prove who they are."""
-        return [
-            ClientRefusal(pseudonym=e.pseudonym, phase="identity", reason=e.refused or "")
-            for e in self._directory.take_refused()
-        ]
-
     def _exchange(self, messages: list[Message]) -> list[Message]:
         if not messages:
             return []
@@ -276,9 +254,12 @@ class Federation:
             status=RoundStatus.SKIPPED,
             arrays=None,
             sampled=train.sampled,
-            train_clients=self._results(train.result.screened),
+            train_clients=self._report.results(train.result.screened),
             eval_clients=[],
-            refusals=[*self._identity_refusals(), *self._refusals(train.result.screened, "train")],
+            refusals=[
+                *self._report.identity_refusals(),
+                *self._report.refusals(train.result.screened, "train"),
+            ],
             train_metrics=_scalars(train.result.metrics) | _spread(train.result.screened),
             eval_metrics={},
             server_eval=None,
@@ -286,21 +267,26 @@ class Federation:
             wall_time=0.0,
             skip_reason=train.skip_reason,
             privacy=self.central.spent() if self.central else {},
+            attackers=train.attackers,
+            attackers_accepted=train.attackers_accepted,
         )
         if train.skip_reason is not None or train.result.arrays is None:
-            return self._with_serving(
+            return self._report.with_serving(
                 replace(outcome, wall_time=self._clock() - t0), train.result.screened
             )
         new_arrays = train.result.arrays
         evaluated, server_eval = self._evaluate(rnd, new_arrays, server_side)
-        eval_clients = self._results(evaluated.screened)
-        return self._with_serving(
+        eval_clients = self._report.results(evaluated.screened)
+        return self._report.with_serving(
             replace(
                 outcome,
                 status=RoundStatus.COMPLETED,
                 arrays=new_arrays,
                 eval_clients=eval_clients,
-                refusals=[*outcome.refusals, *self._refusals(evaluated.screened, "evaluate")],
+                refusals=[
+                    *outcome.refusals,
+                    *self._report.refusals(evaluated.screened, "evaluate"),
+                ],
                 eval_metrics=_scalars(evaluated.metrics),
                 server_eval=server_eval,
                 decision=self._decide(rnd, server_eval, eval_clients),
@@ -309,18 +295,6 @@ class Federation:
             train.result.screened,
             evaluated.screened,
         )
-
-    def _with_serving(self, outcome: RoundOutcome, *screened: Screened | None) -> RoundOutcome:
-        """``outcome`` with the serving reports its accepted replies carried (a report that
-        does not validate is a refusal of the report, not of the update)."""
-        collected = collect(
-            [r.message for s in screened if s is not None for r in s.accepted],
-            pseudonym=lambda n: self._directory.entry(n).pseudonym,
-        )
-        refused = [
-            ClientRefusal(pseudonym=p, phase="serving", reason=why) for p, why in collected.refused
-        ]
-        return replace(outcome, serving=collected.reports, refusals=[*outcome.refusals, *refused])
 
     def _train(self, rnd: int, arrays: ArrayRecord) -> _TrainPhase:
         """Sample, send, screen and aggregate; the skip reason if the round cannot go on."""
@@ -334,14 +308,21 @@ class Federation:
         if short is not None:
             return _TrainPhase(Trained(None, None, Screened([], [])), 0, short)
         train_msgs = self._configure_train(rnd, arrays)
-        skip_reason = None
+        skip_reason: str | None = None
+        attackers: tuple[str, ...] = ()
         if self._secagg is not None:  # SecAgg+: the coordinator learns only the mean update
             secagg = self._secagg(rnd, arrays, train_msgs)
             result = Trained(secagg.arrays, secagg.metrics, secagg.screened)
             skip_reason = secagg.skip_reason
+            if self._adversary is not None:  # label flipping: the poison is in the data
+                attackers = self._adversary.among(r.label for r in result.screened.accepted)
         else:
+            replies: Sequence[Message] = self._exchange(train_msgs)
+            if self._adversary is not None:
+                attackers = self._adversary.attackers_in(replies)
+                replies = self._adversary.poison(rnd, arrays, replies)
             try:
-                result = self.strategy.train_round(rnd, self._exchange(train_msgs))
+                result = self.strategy.train_round(rnd, replies)
             except (AggregationError, InconsistentMessageReplies, AggregationFailed) as err:
                 result = Trained(None, None, Screened([], []))
                 skip_reason = f"aggregation failed: {err}"
@@ -353,7 +334,7 @@ class Federation:
                 f"{accepted} of {len(train_msgs)} sampled clients returned an "
                 f"acceptable update (minimum {self.plan.strategy.min_replies})"
             )
-        return _TrainPhase(result, len(train_msgs), skip_reason)
+        return _TrainPhase(result, len(train_msgs), skip_reason, attackers)
 
     def _evaluate(
         self, rnd: int, arrays: ArrayRecord, server_side: Executor

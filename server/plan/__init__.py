@@ -26,11 +26,13 @@ from federator.client.bundle import TaskBundle
 from federator.client.tasks import Task, TrainSettings, resolve_task
 from federator.server.plan._checks import cross_checks, sampled
 from federator.server.plan._profiles import apply_profile
+from federator.server.plan.attack import attack_plan, attack_problems, resolved_attack
 from federator.server.plan.config import FederationConfig, GateSection
 from federator.server.plan.overrides import Override, apply_overrides
 from federator.server.plan.privacy import PrivacyPlan, privacy_plan, privacy_problems
 from federator.server.plan.release import ReleasePlan, release_plan
 from federator.server.plan.retrain import RetrainPolicy
+from federator.simulations.attacks.settings import Attack
 from federator.simulations.partition import SimulationData
 from federator.strategies import STRATEGIES, Sampling, StrategySpec
 from federator.strategies.update_rules import UpdateRules
@@ -86,6 +88,7 @@ class TrackingPlan:
     registered_model: str
     runs_dir: Path
     max_unsaved_rounds: int = 1
+    export_flavour: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +116,8 @@ class FederationPlan:
     warm_start: str | None = None
     started_by: str | None = None  # why it runs (a retrain trigger), tagged on the run
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)
+    # Byzantine simulated clients (``[attack]``): simulation only, see `for_deployment`.
+    attack: Attack | None = None
 
     def task(self) -> Task:
         """The task object (built-in or imported)."""
@@ -230,6 +235,7 @@ def _tracking(cfg: FederationConfig) -> TrackingPlan:
         registered_model=tr.registered_model or name,
         runs_dir=runs_dir,
         max_unsaved_rounds=tr.max_unsaved_rounds,
+        export_flavour=tr.export_flavour,
     )
 
 
@@ -288,6 +294,7 @@ def _resolve(cfg: FederationConfig) -> tuple[_Parts | None, list[str]]:
         problems.append(f"task.name: {err}")
     problems += cross_checks(cfg, spec, params, task)
     problems += privacy_problems(cfg, spec, task, train_nodes=_train_nodes(cfg))
+    problems += attack_problems(cfg, train_nodes=_train_nodes(cfg))
     try:
         tracking = _tracking(cfg)
     except ConfigError as err:
@@ -319,6 +326,11 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
     resolved = cfg.model_dump(mode="json")
     resolved["data"]["dataset"] = cfg.data.dataset or task.dataset
     resolved["strategy"]["params"] = params.model_dump(mode="json")
+    attack = attack_plan(cfg, train_nodes=_train_nodes(cfg))
+    if attack is None:
+        del resolved["attack"]  # a config without one hashes as it did before attacks existed
+    else:
+        resolved["attack"] = resolved_attack(cfg, attack)
     return FederationPlan(
         name=cfg.federation.name,
         rounds=cfg.federation.rounds,
@@ -353,6 +365,7 @@ def _freeze(cfg: FederationConfig, parts: _Parts, *, source: str) -> FederationP
         source=source,
         resolved=resolved,
         config_hash=config_hash(resolved),
+        attack=attack,
     )
 
 
@@ -364,6 +377,19 @@ def _train_nodes(cfg: FederationConfig) -> int:
 def _config_error(source: str, problems: list[str]) -> ConfigError:
     lines = "\n".join(f"  - {p}" for p in problems)
     return ConfigError(f"{source}: invalid federation config:\n{lines}")
+
+
+def for_deployment(plan: FederationPlan) -> FederationPlan:
+    """``plan``, if it may run on real nodes; `ConfigError` naming what only a simulation may
+    do. Every deployment path asks (`federator run`, `federator bundle`, the ServerApp that
+    ``flwr run`` starts): attacks run under ``federator simulate`` alone."""
+    if plan.attack is not None:
+        raise ConfigError(
+            f"{plan.source}: attack: the [attack] section turns simulated clients Byzantine "
+            "for research and is refused outside `federator simulate` (a deployment's nodes "
+            "are real partners); remove it to deploy this config"
+        )
+    return plan
 
 
 def load_plan(ref: str | Path, *, overrides: Sequence[Override] = ()) -> FederationPlan:

@@ -19,6 +19,7 @@ from federator.privacy.accounting import Accountant
 from federator.privacy.central import CentralClipping, ClippingSide
 from federator.privacy.policy import ClipNorm, Delta, Epsilon
 from federator.server.plan.retrain import RetrainPolicy
+from federator.simulations.attacks.settings import AttackSection
 from federator.simulations.partition import (
     Alpha,
     Clients,
@@ -113,6 +114,10 @@ class TrackingSection(_Section):
     # How many finished rounds may wait for their checkpoint before the round loop waits for
     # MLflow (back-pressure). 1: a round is committed before the next one is reported.
     max_unsaved_rounds: Annotated[int, Field(ge=0, le=100)] = 1
+    # False: model versions get their weights and lineage but no pytorch flavour (not loadable
+    # with mlflow.pytorch.load_model) — for sweeps and benchmarks, where nobody loads them
+    # and the export (seconds of CPU per version) would dominate a short run.
+    export_flavour: bool = True
 
 
 class GateMetric(StrEnum):
@@ -239,3 +244,6 @@ class FederationConfig(_Section):
     release: ReleaseSection = Field(default_factory=ReleaseSection)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     deployment: DeploymentSection = Field(default_factory=DeploymentSection)
+    # Byzantine simulated clients, for research (`federator.simulations.attacks`); a
+    # deployment refuses a config that has it.
+    attack: AttackSection | None = None

@@ -43,6 +43,7 @@ class FlavourState(StrEnum):
     """Whether a model version's pytorch flavour is attached (its ``federator.flavour`` tag)."""
 
     PENDING = "pending"  # registered with weights and lineage; the export is queued
+    SKIPPED = "skipped"  # tracking.export_flavour = false: weights and lineage only
     READY = "pytorch"  # loadable with mlflow.pytorch.load_model
     FAILED = "failed"  # the export raised; a resume tries again
 
@@ -168,7 +169,9 @@ class FlavourExports:
         task_ref: str,
         example: Path,
         submit: Callable[[str, Callable[[], None]], None],
+        enabled: bool = True,
     ) -> None:
+        self._enabled = enabled  # False: nothing is exported and no child is started
         self._exporter = exporter
         self._client = client
         self._run_id = run_id
@@ -179,9 +182,12 @@ class FlavourExports:
         self._failures: list[FlavourFailure] = []
         self._abandoned = threading.Event()
         self._worker = OrderedWorker("federator-export")
-        self._worker.submit("start the export process", exporter.start)
+        if enabled:
+            self._worker.submit("start the export process", exporter.start)
 
     def add(self, job: FlavourJob) -> None:
+        if not self._enabled:
+            return
         self._worker.submit(f"export version {job.version}", lambda: self._run(job))
 
     def abandon(self) -> None:

@@ -7,6 +7,7 @@ the interruption.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,37 @@ from federator.server.federation.events import (
 )
 from federator.server.federation.gate import Decision, Verdict
 from federator.server.federation.monitoring import NodeServing, serving_metrics
+from federator.server.plan import FederationPlan
 from federator.server.releases import DeliveryReport
 
 # The metric whose steps say which rounds' releases were pushed already.
 RELEASE_VERSION = "release/version"
+
+# A simulation's ``[attack]``: the run's tags (what the attack is, who the attackers are), the
+# model version's tag (whose poisoned updates went into it) and the round's metrics.
+ATTACK_TAG = "federator.attack"
+ATTACKERS_TAG = "federator.attack.attackers"
+ATTACKERS_IN_MODEL_TAG = "federator.attack.accepted"
+ATTACKERS_METRIC = "attack/attackers"
+ATTACKERS_ACCEPTED_METRIC = "attack/accepted"
+
+
+def attack_tags(plan: FederationPlan) -> dict[str, str]:
+    """The run's tags of its ``[attack]`` (none without one): the attack with its parameters,
+    and the attackers' partition labels (simulation partitions: nothing private)."""
+    if plan.attack is None:
+        return {}
+    return {
+        ATTACK_TAG: plan.attack.describe(),
+        ATTACKERS_TAG: json.dumps(list(plan.attack.labels)),
+    }
+
+
+def attack_version_tags(plan: FederationPlan, o: RoundOutcome) -> dict[str, str]:
+    """A model version's tag naming the attackers whose updates passed screening into it."""
+    if plan.attack is None:
+        return {}
+    return {ATTACKERS_IN_MODEL_TAG: json.dumps(list(o.attackers_accepted))}
 
 
 class RoundJournal:
@@ -90,6 +118,9 @@ def round_metrics(o: RoundOutcome) -> dict[str, float]:
         m[f"clients/{k}"] = v
     if o.decision is not None:
         m["gate/promoted"] = float(o.decision.promoted)
+    if o.attackers:
+        m[ATTACKERS_METRIC] = len(o.attackers)
+        m[ATTACKERS_ACCEPTED_METRIC] = len(o.attackers_accepted)
     for k, v in o.privacy.items():
         m[f"privacy/{k}"] = v
     local = [
@@ -149,6 +180,11 @@ def outcome_record(o: RoundOutcome, *, version: str | None) -> dict[str, Any]:
         "skip_reason": o.skip_reason,
         "wall_time_s": o.wall_time,
         "privacy": dict(o.privacy),
+        **(
+            {"attackers": list(o.attackers), "attackers_accepted": list(o.attackers_accepted)}
+            if o.attackers
+            else {}
+        ),
     }
 
 
@@ -195,4 +231,6 @@ def outcome_from_record(r: dict[str, Any]) -> RoundOutcome:
             )
             for x in r.get("serving", [])
         ],
+        attackers=tuple(r.get("attackers", ())),
+        attackers_accepted=tuple(r.get("attackers_accepted", ())),
     )

@@ -16,6 +16,7 @@ from federator.server.plan import FederationPlan
 from federator.server.releases import ReleaseService
 from federator.server.tracking import mlflow_io as io
 from federator.server.tracking._export import FlavourExports, ModelExporter
+from federator.server.tracking._records import attack_tags
 from federator.server.tracking._versions import Lineage, Registrar
 from federator.server.tracking._worker import Job, OrderedWorker
 
@@ -43,6 +44,7 @@ def create_run(client: Any, plan: FederationPlan, *, code_version: str) -> Any:
                 "federator.config_source": plan.source,
                 **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
                 **({STARTED_BY_TAG: plan.started_by} if plan.started_by else {}),
+                **attack_tags(plan),
             },
         )
         io.log_params(client, run.info.run_id, plan.flat_params())
@@ -161,6 +163,7 @@ def start_session(
             task_ref=plan.task_ref,
             example=registrar.staging / "example.npy",
             submit=submit,
+            enabled=plan.tracking.export_flavour,
         ),
         staging=staging,
         releases=releases,

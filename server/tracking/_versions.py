@@ -28,6 +28,7 @@ from federator.server.plan import FederationPlan
 from federator.server.releases import PromotedVersion, ReleaseService, SignedRelease
 from federator.server.tracking import mlflow_io as io
 from federator.server.tracking._export import FLAVOUR_TAG, FlavourState
+from federator.server.tracking._records import attack_version_tags
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -130,8 +131,11 @@ class Registrar:
             "federator.gate.reasons": "; ".join(decision.reasons)[: io.TAG_LIMIT],
             "federator.val_accuracy": f"{ev.accuracy:.6f}",
             "federator.val_loss": f"{ev.loss:.6f}",
-            FLAVOUR_TAG: FlavourState.PENDING.value,
+            FLAVOUR_TAG: (
+                FlavourState.PENDING if plan.tracking.export_flavour else FlavourState.SKIPPED
+            ).value,
             **self._privacy_tags(outcome, local_epsilons=local_epsilons),
+            **attack_version_tags(plan, outcome),
             **({"federator.task_bundle": plan.task_bundle.digest} if plan.task_bundle else {}),
         }
         name = plan.tracking.registered_model

@@ -215,3 +215,25 @@ def test_the_flavour_never_holds_a_checkpoint_back(
     assert [int(c) >= r - 1 for r, c in enumerate(committed, start=1)] == [True] * 3
     versions = _client(plan).search_model_versions("name = 'unit'")
     assert sorted(v.tags[FLAVOUR_TAG] for v in versions) == [FlavourState.READY.value] * 3
+
+
+def test_without_flavour_export_no_child_starts_and_versions_say_skipped(
+    raw_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tracking.export_flavour = false`` (sweeps): versions keep weights and lineage, are
+    tagged ``skipped``, and the export process is never started."""
+    plan = _plan(raw_config, rounds=2, export_flavour=False)
+    started: list[object] = []
+    monkeypatch.setattr(ModelExporter, "start", lambda self: started.append(self))
+    run_federation(FakeGrid(client_handlers(4)), plan, display=LogProgress(log=lambda _: None))
+    assert started == []
+    versions = _client(plan).search_model_versions("name = 'unit'")
+    assert sorted(v.tags[FLAVOUR_TAG] for v in versions) == [FlavourState.SKIPPED.value] * 2
+    files = {
+        a.path.rsplit("/", 1)[-1]
+        for a in _client(plan).list_artifacts(
+            versions[0].run_id, f"models/round-{int(versions[0].tags['federator.round']):04d}"
+        )
+    }
+    assert "weights.safetensors" in files
+    assert "MLmodel" not in files
