@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -48,6 +47,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from federator import ConfigError
 from federator.client.wire import NUM_EXAMPLES
+from federator.strategies.forwarding import ForwardingStrategy
 
 UNIFORM_WEIGHT = "federator-uniform-weight"
 
@@ -99,7 +99,7 @@ def _set_weight(replies: Iterable[Message], value: str | None) -> list[Message]:
     return out
 
 
-class UniformWeights(Strategy):
+class UniformWeights(ForwardingStrategy):
     """Average training updates with equal weights over exactly the sampled clients.
 
     The noise is calibrated to a sensitivity of C/n for n = ``sampled`` clients: an average
@@ -112,16 +112,8 @@ class UniformWeights(Strategy):
 
     def __init__(self, inner: Strategy, *, base: FedAvg, sampled: int) -> None:
         base.weighted_by_key = UNIFORM_WEIGHT
-        self.inner = inner
+        super().__init__(inner)
         self.sampled = sampled
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -134,11 +126,6 @@ class UniformWeights(Strategy):
                 f"update, and the noise is calibrated for an average over {self.sampled}"
             )
         return self.inner.aggregate_train(server_round, _set_weight(replies, None))
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -27,38 +27,21 @@ from federator.server.federation.instructions import initial_arrays
 from federator.server.plan import FederationPlan
 from federator.simulations.bench._cpu import CpuStamps
 from federator.simulations.partition import client_data
+from federator.strategies.forwarding import ForwardingStrategy
 
 
-class Stamped(Strategy):
+class Stamped(ForwardingStrategy):
     """Wraps a strategy and records when each round starts (its ``configure_train``)."""
 
     def __init__(self, inner: Strategy, stamps: list[float]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.stamps = stamps
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.stamps.append(time.monotonic())
         return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 def bare_flower_apps(

@@ -21,15 +21,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from federator import AggregationFailed
 from federator.strategies.aggregation import coordinate, krum
 from federator.strategies.aggregation.mean import weighted_mean
 from federator.strategies.aggregation.updates import decode, weights_of
+from federator.strategies.forwarding import ForwardingStrategy
 
 
 @dataclass(frozen=True)
@@ -106,22 +106,15 @@ class Bulyan:
         return Aggregated(arrays, [contents[i] for i in chosen])
 
 
-class FastAggregation(Strategy):
+class FastAggregation(ForwardingStrategy):
     """``inner`` (a FedAvg-family Flower strategy) with ``aggregator`` doing its arrays."""
 
     def __init__(self, inner: FedAvg, aggregator: Aggregator) -> None:
         if not isinstance(inner, FedAvg):
             raise TypeError(f"FastAggregation wraps a FedAvg-family strategy, not {inner!r}")
-        self.inner = inner
+        super().__init__(inner)
+        self.inner: FedAvg = inner
         self.aggregator = aggregator
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -135,13 +128,3 @@ class FastAggregation(Strategy):
         )
         result = self.aggregator(contents, key)
         return result.arrays, self.inner.train_metrics_aggr_fn(list(result.used), key)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -107,6 +107,23 @@ def _directory(grid: FakeGrid, keys: NodeKeys | None) -> NodeDirectory:
     )
 
 
+def _federate(plan: Any, grid: FakeGrid, nodes: Path) -> tuple[NodeDirectory, Recorder]:
+    """Run ``plan`` on ``grid`` with the names proven against the keys in ``nodes``."""
+    clock = VirtualClock()
+    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
+    directory = NodeDirectory(grid, salt="t", keys=load_node_keys(nodes), exchange=exchange)
+    rec = Recorder()
+    Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=directory,
+        observers=[rec],
+        exchange=exchange,
+    ).run()
+    return directory, rec
+
+
 def test_a_proof_binds_the_challenge_the_node_id_and_the_name(tmp_path: Path) -> None:
     key = _write_pair(tmp_path, "n")
     public = serialization.load_ssh_public_key((tmp_path / "n.pub").read_bytes())
@@ -253,18 +270,7 @@ def test_an_impostor_never_trains_and_its_refusal_reaches_the_round(
             3: _node(3, claims="site-c", key=keys["site-c"], partition=2),
         }
     )
-    clock = VirtualClock()
-    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
-    directory = NodeDirectory(grid, salt="t", keys=load_node_keys(nodes), exchange=exchange)
-    rec = Recorder()
-    Federation(
-        plan,
-        grid=grid,
-        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=directory,
-        observers=[rec],
-        exchange=exchange,
-    ).run()
+    directory, rec = _federate(plan, grid, nodes)
     assert rec.started is not None
     assert sorted(e.label for e in rec.started.nodes) == ["site-a", "site-c"]
     to_impostor = {m.metadata.message_type for m in grid.sent if m.metadata.dst_node_id == 2}
@@ -301,18 +307,7 @@ def test_a_reply_naming_another_partner_counts_for_its_sender(
         return reply
 
     grid = FakeGrid({1: honest, 2: relabelling})
-    clock = VirtualClock()
-    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
-    directory = NodeDirectory(grid, salt="t", keys=load_node_keys(nodes), exchange=exchange)
-    rec = Recorder()
-    Federation(
-        plan,
-        grid=grid,
-        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=directory,
-        observers=[rec],
-        exchange=exchange,
-    ).run()
+    directory, rec = _federate(plan, grid, nodes)
     [outcome] = rec.rounds
     assert sorted(c.pseudonym for c in outcome.train_clients) == sorted(
         [directory.pseudonym("site-a"), directory.pseudonym("site-b")]
