@@ -61,7 +61,9 @@ from federator.privacy.secagg_client import secagg_mods
 from federator.simulations.partition import ClientData, client_data
 
 
-def _meta(node: NodeConfig) -> ConfigRecord:
+def _meta(node: NodeConfig, *, report: bool = False) -> ConfigRecord:
+    """Who this node is; with ``report`` (train and evaluate replies, which the coordinator
+    reads for it) also its model service's report since the last one."""
     meta = ConfigRecord(
         {
             LABEL_KEY: node.label,
@@ -69,9 +71,9 @@ def _meta(node: NodeConfig) -> ConfigRecord:
             INSTALLED_KEY: installed_version(node),
         }
     )
-    report = serving_report(node.store) if node.store is not None else None
-    if report is not None:  # this node serves its model: what it saw since the last reply
-        meta[MONITOR_KEY] = report
+    text = serving_report(node.store) if report and node.store is not None else None
+    if text is not None:  # this node serves its model: what it saw since the last report
+        meta[MONITOR_KEY] = text
     return meta
 
 
@@ -168,7 +170,7 @@ def _train(
         {
             "arrays": model_arrays(model),
             "metrics": MetricRecord({NUM_EXAMPLES: len(data.train), **metrics}),
-            META_KEY: _meta(node),
+            META_KEY: _meta(node, report=True),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -191,7 +193,7 @@ def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None
                     "accuracy": result.accuracy,
                 }
             ),
-            META_KEY: _meta(node),
+            META_KEY: _meta(node, report=True),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -34,8 +34,8 @@ LABEL_KEY = "label"  # the node's label (its configured name, or its simulation 
 VERSION_KEY = "federator-version"  # the node's Federator version
 INSTALLED_KEY = "installed-version"  # the registry version of the model it has installed
 PROOF_KEY = "identity-proof"  # its signature over the challenge, made with its node key
-# Every reply's META may carry its model service's report: JSON text of a `ServingReport`
-# (`federator.client.serving.report`, the declaration both sides validate with).
+# A train or evaluate reply's META may carry its model service's report: JSON text of a
+# `ServingReport` (`federator.client.serving.report`, the declaration both sides validate with).
 MONITOR_KEY = "serving-report"
 
 # -- releases (query.release) ---------------------------------------------------------------
