@@ -162,3 +162,27 @@ class Recorder:
 
     def on_round(self, outcome: Any) -> None:
         self.rounds.append(outcome)
+
+
+def run_in_process(plan: Any, grid: FakeGrid, *, keys: Any = None) -> tuple[Any, Recorder]:
+    """Run ``plan``'s whole federation on ``grid`` (nodes' names proven against ``keys``, a
+    `NodeKeys`, if given); the node directory and what the observers saw. A silent node's
+    timeout passes at once (virtual clock)."""
+    from federator.server.federation.exchange import Exchange
+    from federator.server.federation.instructions import ServerEvaluator
+    from federator.server.federation.nodes import NodeDirectory
+    from federator.server.federation.rounds import Federation
+    from federator.simulations.partition import server_holdout
+
+    clock, rec = VirtualClock(), Recorder()
+    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
+    directory = NodeDirectory(grid, salt="t", keys=keys, exchange=exchange)
+    Federation(
+        plan,
+        grid=grid,
+        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
+        directory=directory,
+        observers=[rec],
+        exchange=exchange,
+    ).run()
+    return directory, rec

@@ -20,18 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeGrid, Recorder, VirtualClock, client_context, server_identity
+from fakes import FakeGrid, client_context, run_in_process, server_identity
 from procs import run_cli
 
 from federator.client import app as client
 from federator.client.mods import refusing
 from federator.server.federation.events import RoundOutcome
-from federator.server.federation.exchange import Exchange
-from federator.server.federation.instructions import ServerEvaluator
-from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan, build_plan
-from federator.simulations.partition import server_holdout
 from federator.simulations.runner import simulated_nodes
 
 pytestmark = pytest.mark.integration
@@ -106,16 +101,7 @@ def federate(raw: dict[str, Any], tmp: Path) -> list[RoundOutcome]:
     """Every round of ``raw``'s federation on an in-process grid."""
     raw = copy.deepcopy(raw) | {"tracking": {"runs_dir": str(tmp)}}
     plan = build_plan(raw, source="test")
-    grid, rec, clock = FakeGrid(_handlers(plan)), Recorder(), VirtualClock()
-    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
-    Federation(
-        plan,
-        grid=grid,
-        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=NodeDirectory(grid, salt="t", exchange=exchange),
-        observers=[rec],
-        exchange=exchange,
-    ).run()
+    _, rec = run_in_process(plan, FakeGrid(_handlers(plan)))
     return list(rec.rounds)
 
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from fakes import (
     FakeGrid,
-    Recorder,
-    VirtualClock,
     client_handlers,
     instruction,
+    run_in_process,
     server_identity,
 )
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,10 +27,6 @@ from federator.client.node import NodeConfig, SimulatedNodes
 from federator.client.wire import LABEL_KEY, META_KEY
 from federator.server.deploy.submit import SUBMITTED_KEY, encode_config, submitted_config
 from federator.server.federation.app import _plan_from
-from federator.server.federation.exchange import Exchange
-from federator.server.federation.instructions import ServerEvaluator
-from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation
 from federator.server.plan import FederationPlan, build_plan, for_deployment
 from federator.server.tracking._records import (
     ATTACKERS_IN_MODEL_TAG,
@@ -52,7 +47,7 @@ from federator.simulations.attacks import (
 )
 from federator.simulations.attacks.adversary import Adversary
 from federator.simulations.datasets import ArrayData
-from federator.simulations.partition import ClientData, server_holdout
+from federator.simulations.partition import ClientData
 from federator.simulations.runner import label_flip, simulated_nodes
 
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, width=64)
@@ -375,17 +370,7 @@ def test_only_label_flip_attacker_nodes_train_on_flipped_labels(
 
 def _federate(plan: FederationPlan) -> list[Any]:
     """Every round of ``plan`` on real ClientApp handlers, in process (as in test_rounds)."""
-    grid = FakeGrid(client_handlers(4))
-    rec, clock = Recorder(), VirtualClock()
-    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
-    Federation(
-        plan,
-        grid=grid,
-        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=NodeDirectory(grid, salt="t", exchange=exchange),
-        observers=[rec],
-        exchange=exchange,
-    ).run()
+    _, rec = run_in_process(plan, FakeGrid(client_handlers(4)))
     return list(rec.rounds)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fakes import FakeGrid, Handler, Recorder, VirtualClock, server_identity
+from fakes import FakeGrid, Handler, Recorder, VirtualClock, run_in_process, server_identity
 from flwr.app import Context, Message, RecordDict
 
 from federator import ConfigError, FederationFailed
@@ -27,11 +27,8 @@ from federator.client.mods import refusing
 from federator.client.wire import NodeConfigKey
 from federator.server.federation.exchange import Exchange
 from federator.server.federation.identity import NodeKeys, Refusal, load_node_keys
-from federator.server.federation.instructions import ServerEvaluator
 from federator.server.federation.nodes import NodeDirectory
-from federator.server.federation.rounds import Federation
 from federator.server.plan import build_plan
-from federator.simulations.partition import server_holdout
 
 NAMES = ("site-a", "site-b", "site-c")
 
@@ -109,18 +106,7 @@ def _directory(grid: FakeGrid, keys: NodeKeys | None) -> NodeDirectory:
 
 def _federate(plan: Any, grid: FakeGrid, nodes: Path) -> tuple[NodeDirectory, Recorder]:
     """Run ``plan`` on ``grid`` with the names proven against the keys in ``nodes``."""
-    clock = VirtualClock()
-    exchange = Exchange(grid, clock=clock, sleep=clock.sleep)
-    directory = NodeDirectory(grid, salt="t", keys=load_node_keys(nodes), exchange=exchange)
-    rec = Recorder()
-    Federation(
-        plan,
-        grid=grid,
-        evaluator=ServerEvaluator(plan.task(), server_holdout(plan.data)),
-        directory=directory,
-        observers=[rec],
-        exchange=exchange,
-    ).run()
+    directory, rec = run_in_process(plan, grid, keys=load_node_keys(nodes))
     return directory, rec
 
 
