@@ -24,7 +24,8 @@ message is meant for a person::
     │   └── TaskBundleRefused  ... a task bundle: unsigned, altered, not allowed, too big
     ├── ReleaseRefused         a node refuses a release (wrong model, replay, ...)
     │   └── SignatureInvalid   ... because its signature or digests do not verify
-    └── RequestRejected        a request to a node's model service is malformed or too big
+    ├── RequestRejected        a request to a node's model service is malformed or too big
+    └── PredictionFailed       a served model's output is unusable (not finite)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "FederationInterrupted",
     "FederatorError",
     "PolicyRefused",
+    "PredictionFailed",
     "PrivacyBudgetExhausted",
     "RegistryError",
     "ReleaseRefused",
@@ -140,3 +142,9 @@ class RequestRejected(FederatorError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PredictionFailed(FederatorError):
+    """A served version's model answered with something that is not a prediction (NaN or
+    infinite outputs, as a release with diverged weights gives). The request is answered by
+    the stable version if there is one, and the roll-out falls back from this version."""

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import RootModel
@@ -163,12 +163,29 @@ def node_serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             log_level="info",
+            log_config=_log_config(),
             access_log=False,
             ws="none",  # no websockets (and none of their deprecated modules)
         )
         out.print("service stopped")
 
     run_action(go)
+
+
+def _log_config() -> dict[str, Any]:
+    """Uvicorn's logging, with the service's own logger (swaps, roll-out steps, prediction
+    failures) beside it at INFO, in every worker."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["federator.serve"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
 
 
 def _read_token(path: Path) -> str:

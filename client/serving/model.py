@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from federator import ReleaseRefused
+from federator import PredictionFailed, ReleaseRefused
 from federator.client.store import ModelStore, StoredVersion
 
 
@@ -33,9 +33,13 @@ class ServedModel:
         return self.info.version
 
     def predict(self, batch: npt.NDArray[np.float32]) -> Prediction:
-        """Predictions for ``batch`` (shape ``(n, *input_shape)``, already validated)."""
+        """Predictions for ``batch`` (shape ``(n, *input_shape)``, already validated);
+        `PredictionFailed` if the model's outputs are not finite — a version with diverged
+        weights loads and runs, but what it says is no prediction."""
         with torch.inference_mode():
             probs = torch.softmax(self.module(torch.from_numpy(batch)), dim=1)
+            if not bool(torch.isfinite(probs).all()):
+                raise PredictionFailed(f"version {self.version} gave outputs that are not finite")
         return Prediction(labels=probs.argmax(dim=1).tolist(), probabilities=probs.tolist())
 
 

@@ -26,6 +26,7 @@ from procs import BIN, child_env, free_port
 from releases_for_tests import install, release
 
 from federator.client.keys import generate_keys, load_private_key
+from federator.client.serving.events import events_path, read_records
 from federator.client.store import ModelStore
 
 pytestmark = pytest.mark.integration
@@ -145,3 +146,49 @@ def _wait_for_version(url: str, version: int) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"the service did not move to version {version}")
+
+
+def _diverged(seed: int) -> torch.nn.Module:
+    """A digits MLP whose training diverged: its weights are finite, so it loads and runs,
+    but its activations overflow and every output is NaN."""
+    from federator.client.tasks import DIGITS_MLP
+
+    torch.manual_seed(seed)
+    model = DIGITS_MLP.build_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e20)
+    return model
+
+
+def test_a_canary_that_breaks_falls_back_and_says_so(tmp_path: Path) -> None:
+    """A signed version that loads but answers NaN, rolled out as a canary to half the
+    traffic: not one request fails, the node goes back to the version it had — in the store
+    too — never tries the broken one again, and its events, /health and /metrics say why."""
+    keys = generate_keys(tmp_path / "keys")
+    key = load_private_key(keys.private)
+    store = ModelStore.open(tmp_path / "node", pinned_key=keys.public, model="m", keep=3)
+    install(store, key, tmp_path, 1)
+    rollout = ("--rollout", "canary", "--canary-fraction", "0.5")
+    with serving(store, tmp_path, *rollout) as (url, log), Traffic(url) as traffic:
+        time.sleep(0.5)
+        broken = release(key, tmp_path / "rel-2", 2, model=_diverged(2))
+        assert store.install(broken.envelope, broken.files) == 2
+        deadline = time.monotonic() + 20
+        while store.current_version() != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # traffic goes on after the fall-back
+        traffic.__exit__()
+        statuses = [s for s, _ in traffic.results]
+        assert len(statuses) > 20
+        assert set(statuses) == {200}, f"failed requests: {[s for s in statuses if s != 200]}"
+        assert {v for _, v in traffic.results} == {1}  # the canary's answers were replaced
+        assert store.current_version() == 1  # rolled back in the store
+        info = httpx.get(f"{url}/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert (info["version"], info["candidate"]) == (1, None)
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        assert 'federator_serve_rollout_events_total{kind="fell-back"} 1.0' in metrics
+    events, _ = read_records(events_path(store.root), after=0)
+    assert [e["kind"] for e in events] == ["started", "fell-back"]
+    assert "not finite" in events[-1]["reason"]
+    assert "not finite" in log.read_text()
