@@ -38,7 +38,8 @@ from federator.client.node import (
     open_store,
     privacy_policy,
 )
-from federator.client.serving.report import serving_report
+from federator.client.serving.accuracy import installed_accuracy
+from federator.client.serving.report import InstalledAccuracy, serving_report
 from federator.client.tasks import Task
 from federator.client.weights import load_arrays, model_arrays
 from federator.client.wire import (
@@ -61,9 +62,12 @@ from federator.privacy.secagg_client import secagg_mods
 from federator.simulations.partition import ClientData, client_data
 
 
-def _meta(node: NodeConfig, *, report: bool = False) -> ConfigRecord:
+def _meta(
+    node: NodeConfig, *, report: bool = False, installed: InstalledAccuracy | None = None
+) -> ConfigRecord:
     """Who this node is; with ``report`` (train and evaluate replies, which the coordinator
-    reads for it) also its model service's report since the last one."""
+    reads for it) also its model service's report since the last one, and the ``installed``
+    version's accuracy on this node's data (evaluate replies)."""
     meta = ConfigRecord(
         {
             LABEL_KEY: node.label,
@@ -71,7 +75,11 @@ def _meta(node: NodeConfig, *, report: bool = False) -> ConfigRecord:
             INSTALLED_KEY: installed_version(node),
         }
     )
-    text = serving_report(node.store) if report and node.store is not None else None
+    text = (
+        serving_report(node.store, installed=installed)
+        if report and node.store is not None
+        else None
+    )
     if text is not None:  # this node serves its model: what it saw since the last report
         meta[MONITOR_KEY] = text
     return meta
@@ -184,6 +192,11 @@ def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None
     if len(data.val) == 0:
         raise FederatorError("this client has no validation examples")
     result = task.evaluate(model, data.val)
+    installed = (
+        installed_accuracy(node.store, run=msg.metadata.run_id, task=task, val=data.val)
+        if node.store is not None
+        else None
+    )
     content = RecordDict(
         {
             "metrics": MetricRecord(
@@ -193,7 +206,7 @@ def evaluate(msg: Message, context: Context, *, simulated: SimulatedNodes | None
                     "accuracy": result.accuracy,
                 }
             ),
-            META_KEY: _meta(node, report=True),
+            META_KEY: _meta(node, report=True, installed=installed),
         }
     )
     return Message(content=content, reply_to=msg)

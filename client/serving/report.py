@@ -59,6 +59,16 @@ class RolloutNote(_Strict):
     agreement: Unit | None = None
 
 
+class InstalledAccuracy(_Strict):
+    """How the version installed on the node does on the node's own validation split now
+    (`federator.client.serving.accuracy`): the champion's client-side accuracy, for the
+    ``[retrain]`` policy's ``accuracy_drop``."""
+
+    version: Count
+    accuracy: Unit
+    examples: Count
+
+
 class ServingReport(_Strict):
     """A node's model service since it started, and what happened since the last report."""
 
@@ -68,6 +78,7 @@ class ServingReport(_Strict):
     fallbacks: Count = 0
     drift: DriftSummary | None = None
     events: Annotated[tuple[RolloutNote, ...], Field(max_length=MAX_EVENTS)] = ()
+    installed: InstalledAccuracy | None = None
 
 
 class _Cursor(_Strict):
@@ -78,11 +89,16 @@ class _Cursor(_Strict):
     fallbacks: Count = 0
 
 
-def serving_report(store_root: Path) -> str | None:
-    """The report to send now (JSON text), or None if this node's service never ran."""
+def serving_report(store_root: Path, *, installed: InstalledAccuracy | None = None) -> str | None:
+    """The report to send now (JSON text), or None if this node's service never ran and
+    there is no ``installed`` accuracy to tell."""
     folder = store_root / FOLDER
     if not folder.is_dir():
-        return None
+        return (
+            ServingReport(installed=installed).model_dump_json(exclude_defaults=True)
+            if installed
+            else None
+        )
     cursor = _read_cursor(folder / _CURSOR)
     events, events_end = read_records(events_path(store_root), after=cursor.events)
     windows, windows_end = read_records(windows_path(store_root), after=cursor.windows)
@@ -97,6 +113,7 @@ def serving_report(store_root: Path) -> str | None:
         if newest and newest.get("drift")
         else None,
         events=tuple(notes[-MAX_EVENTS:]),
+        installed=installed,
     )
     _write_cursor(
         folder / _CURSOR,
@@ -161,6 +178,7 @@ def parse_report(text: object) -> ServingReport:
 __all__ = [
     "MAX_EVENTS",
     "DriftSummary",
+    "InstalledAccuracy",
     "RolloutNote",
     "ServingReport",
     "parse_report",

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from federator import ConfigError
 from federator.client.actions import run_action
+from federator.server.federation.monitoring import INSTALLED_ACCURACY, INSTALLED_VERSION
 from federator.server.plan.overrides import Override
 from federator.server.plan.retrain import Trigger, decide
 
@@ -54,7 +55,7 @@ def monitor(
         )
         for col in (
             "node", "round", "version", "requests", "rows", "drifted features", "PSI max",
-            "prediction shift", "fall-backs",
+            "prediction shift", "fall-backs", "installed accuracy",
         ):  # fmt: skip
             table.add_column(col, justify="right" if col != "node" else "left")
         for r in view.rows:
@@ -68,6 +69,7 @@ def monitor(
                 _decimal(r.get("psi_max")),
                 _decimal(r.get("prediction_js")),
                 _number(r.get("fallbacks")),
+                _installed(r.get(INSTALLED_ACCURACY), r.get(INSTALLED_VERSION)),
             )
         out.print(table)
         if not view.rows:
@@ -82,6 +84,12 @@ def _number(value: float | None) -> str:
 
 def _share(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def _installed(accuracy: float | None, version: float | None) -> str:
+    if accuracy is None or version is None:
+        return "–"
+    return f"{accuracy:.1%} (v{int(version)})"
 
 
 def _decimal(value: float | None) -> str:
@@ -116,7 +124,8 @@ def watch(
         policy = plan.retrain
         if not policy.active:
             raise ConfigError(
-                f"{config}: [retrain] sets no trigger (drift_nodes or max_age_hours): "
+                f"{config}: [retrain] sets no trigger (drift_nodes, accuracy_drop or "
+                "max_age_hours): "
                 "nothing to watch for"
             )
         client = open_client(plan.tracking.uri)
@@ -146,8 +155,15 @@ def _check(client: Any, plan: FederationPlan) -> Trigger | None:
         else "no champion yet (nothing to retrain from)"
     )
     stamp = f"{datetime.now(UTC):%H:%M:%S}"
+    worst = max(seen.accuracy_drops.values(), default=None)
+    accuracy = (
+        f", champion's accuracy down by at most {worst:.1%} on {len(seen.accuracy_drops)}"
+        if worst is not None
+        else ""
+    )
     out.print(
-        f"{stamp} {len(seen.drifted)} node(s) reporting, {drifting} drifting; {champion}"
+        f"{stamp} {len(seen.drifted)} node(s) reporting, {drifting} drifting{accuracy}; "
+        f"{champion}"
         + (f"; last retrain {seen.last_retrain_at:%Y-%m-%d %H:%M}" if seen.last_retrain_at else "")
     )
     if trigger is not None:

@@ -68,6 +68,10 @@ def collect(messages: Iterable[Message], *, pseudonym: Pseudonym) -> Collected:
     return Collected([NodeServing(p, merged[p]) for p in sorted(merged)], refused)
 
 
+INSTALLED_ACCURACY = "installed_accuracy"  # the installed version on the node's own data
+INSTALLED_VERSION = "installed_version"  # ... which version that was
+
+
 def serving_metrics(reports: Iterable[NodeServing]) -> dict[str, float]:
     """``serving/<pseudonym>/…`` MLflow metrics of a round's reports."""
     m: dict[str, float] = {}
@@ -83,7 +87,17 @@ def serving_metrics(reports: Iterable[NodeServing]) -> dict[str, float]:
             m[f"{key}/ks_max"] = r.drift.ks_max
             m[f"{key}/psi_max"] = r.drift.psi_max
             m[f"{key}/prediction_js"] = r.drift.prediction_js
+        if r.installed is not None:
+            m[f"{key}/{INSTALLED_ACCURACY}"] = r.installed.accuracy
+            m[f"{key}/{INSTALLED_VERSION}"] = r.installed.version
     return m
 
 
-__all__ = ["Collected", "NodeServing", "collect", "serving_metrics"]
+__all__ = [
+    "INSTALLED_ACCURACY",
+    "INSTALLED_VERSION",
+    "Collected",
+    "NodeServing",
+    "collect",
+    "serving_metrics",
+]

@@ -100,6 +100,11 @@ def release_metrics(report: DeliveryReport) -> dict[str, float]:
     return metrics
 
 
+def client_val_metric(pseudonym: str, key: str) -> str:
+    """The MLflow metric of what one client reported evaluating a round's model."""
+    return f"client/{pseudonym}/val_{key}"
+
+
 def round_metrics(o: RoundOutcome) -> dict[str, float]:
     """The MLflow metrics of one round (step = round)."""
     m: dict[str, float] = {
@@ -136,7 +141,7 @@ def round_metrics(o: RoundOutcome) -> dict[str, float]:
             m[f"client/{c.pseudonym}/{k.replace('-', '_')}"] = v
     for c in o.eval_clients:
         for k, v in c.metrics.items():
-            m[f"client/{c.pseudonym}/val_{k}"] = v
+            m[client_val_metric(c.pseudonym, k)] = v
     return m | serving_metrics(o.serving)
 
 

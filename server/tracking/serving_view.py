@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from federator import TrackingError
+from federator.server.federation.monitoring import INSTALLED_ACCURACY, INSTALLED_VERSION
 from federator.server.plan.retrain import Observation
+from federator.server.tracking._records import client_val_metric
 from federator.server.tracking._run import STARTED_BY_TAG
 
 _PREFIX = "serving/"
@@ -71,24 +73,20 @@ def serving_view(client: Any, experiment: str) -> ServingView:
 
 def observe(client: Any, *, experiment: str, model: str) -> Observation:
     """What `federator.server.plan.retrain.decide` needs: each node's drifted share in the
-    newest run, when the champion of ``model`` was registered, when the last retraining
+    newest run, how far the champion's accuracy on each node's data has fallen since it was
+    trained, when the champion of ``model`` was registered, when the last retraining
     federation (a run tagged as started by a retrain trigger) started."""
     from mlflow.exceptions import MlflowException
 
     try:
-        view = serving_view(client, experiment)
-        drifted = {
-            r.pseudonym: share
-            for r in view.rows
-            if (share := r.get("drifted_features")) is not None
-        }
+        rows = serving_view(client, experiment).rows
     except TrackingError:
-        drifted = {}
+        rows = []
+    drifted = {r.pseudonym: s for r in rows if (s := r.get("drifted_features")) is not None}
     try:
         champion = client.get_model_version_by_alias(model, "champion")
-        champion_at = _at(champion.creation_timestamp)
     except MlflowException:
-        champion_at = None
+        champion = None
     found = client.get_experiment_by_name(experiment)
     retrains = (
         client.search_runs(
@@ -102,9 +100,29 @@ def observe(client: Any, *, experiment: str, model: str) -> Observation:
     )
     return Observation(
         drifted=drifted,
-        champion_at=champion_at,
+        accuracy_drops=_accuracy_drops(client, champion, rows) if champion else {},
+        champion_at=_at(champion.creation_timestamp) if champion else None,
         last_retrain_at=_at(retrains[0].info.start_time) if retrains else None,
     )
+
+
+def _accuracy_drops(client: Any, champion: Any, rows: list[ServingRow]) -> dict[str, float]:
+    """Per node whose latest report measured the champion: the accuracy that node reported
+    for it in the round that trained it, minus the accuracy it reports now."""
+    version, trained_in = int(champion.version), champion.run_id
+    at_round = int(champion.tags.get("federator.round", 0))
+    drops: dict[str, float] = {}
+    for row in rows:
+        now = row.get(INSTALLED_ACCURACY)
+        if now is None or row.get(INSTALLED_VERSION) != version:
+            continue
+        history = client.get_metric_history(
+            trained_in, client_val_metric(row.pseudonym, "accuracy")
+        )
+        then = [m.value for m in history if m.step == at_round]
+        if then:
+            drops[row.pseudonym] = then[-1] - now
+    return drops
 
 
 def _at(millis: int) -> datetime:

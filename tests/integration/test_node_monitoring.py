@@ -144,10 +144,38 @@ def test_serving_nodes_report_drift_and_swap_under_load(tmp_path: Path) -> None:
     assert drifting in shown.stdout
     assert steady in shown.stdout
     assert "drift in" in second.stdout  # the round display named the drifting node
+    _installed_accuracy_matches_training(client, run.data.metrics)
+    assert "installed accuracy" in shown.stdout
 
     _watch_retrains_from_the_champion(
         client, cfg, tmp_path, after=run.info.run_id, drifting=drifting
     )
+
+
+def _installed_accuracy_matches_training(client: Any, metrics: dict[str, float]) -> None:
+    """Each node evaluated the version it had installed on its own validation split. Its data
+    has not changed, so the number equals what the same node reported for that version in
+    the round that trained it (logged by the coordinator then): the champion has not decayed."""
+    from federator.server.tracking.serving_view import observe
+
+    installed = {
+        k.split("/")[1]: v for k, v in metrics.items() if k.endswith("/installed_accuracy")
+    }
+    assert len(installed) >= 3  # every node evaluated, serving or not
+    for pseudonym, accuracy in installed.items():
+        version = client.get_model_version(
+            NAME, str(int(metrics[f"serving/{pseudonym}/installed_version"]))
+        )
+        at = int(version.tags["federator.round"])
+        then = [
+            m.value
+            for m in client.get_metric_history(version.run_id, f"client/{pseudonym}/val_accuracy")
+            if m.step == at
+        ]
+        assert then == [pytest.approx(accuracy, abs=1e-9)], pseudonym
+    drops = observe(client, experiment=NAME, model=NAME).accuracy_drops
+    assert drops
+    assert all(abs(d) < 1e-9 for d in drops.values())
 
 
 def _watch_retrains_from_the_champion(

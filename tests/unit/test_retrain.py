@@ -15,10 +15,15 @@ NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
 
 def seen(
-    drifted: dict[str, float], *, age_h: float = 1, retrained_h: float | None = None
+    drifted: dict[str, float],
+    *,
+    age_h: float = 1,
+    retrained_h: float | None = None,
+    drops: dict[str, float] | None = None,
 ) -> Observation:
     return Observation(
         drifted=drifted,
+        accuracy_drops=drops or {},
         champion_at=NOW - timedelta(hours=age_h),
         last_retrain_at=None if retrained_h is None else NOW - timedelta(hours=retrained_h),
     )
@@ -34,6 +39,28 @@ def test_drift_on_enough_nodes_fires() -> None:
     assert "a, b" in trigger.reason
 
 
+def test_an_accuracy_drop_on_enough_nodes_fires() -> None:
+    policy = RetrainPolicy(accuracy_drop=0.05, accuracy_nodes=2)
+    # a drop of exactly the threshold is not "more than"; a rise is no drop
+    assert decide(policy, seen({}, drops={"a": 0.2, "b": 0.05, "c": -0.1}), now=NOW) is None
+    trigger = decide(policy, seen({}, drops={"a": 0.2, "b": 0.06, "c": 0.0}), now=NOW)
+    assert trigger is not None
+    assert trigger.kind is TriggerKind.ACCURACY
+    assert "2 node(s) (a, b; at most 20.0%)" in trigger.reason
+    assert RetrainPolicy(accuracy_drop=0.05).active
+    assert not RetrainPolicy().active
+
+
+def test_drift_goes_before_accuracy_and_accuracy_before_age() -> None:
+    policy = RetrainPolicy(drift_nodes=1, accuracy_drop=0.05, max_age_hours=1)
+    both = seen({"a": 1.0}, drops={"a": 0.5}, age_h=5)
+    assert (t := decide(policy, both, now=NOW)) is not None
+    assert t.kind is TriggerKind.DRIFT
+    old = seen({}, drops={"a": 0.5}, age_h=5)
+    assert (t := decide(policy, old, now=NOW)) is not None
+    assert t.kind is TriggerKind.ACCURACY
+
+
 def test_age_fires_and_cooldown_and_no_champion_hold_it() -> None:
     policy = RetrainPolicy(max_age_hours=24, cooldown_hours=6)
     assert decide(policy, seen({}, age_h=23), now=NOW) is None
@@ -43,7 +70,9 @@ def test_age_fires_and_cooldown_and_no_champion_hold_it() -> None:
     assert "30.0 h old" in trigger.reason
     assert decide(policy, seen({}, age_h=30, retrained_h=2), now=NOW) is None
     assert decide(policy, seen({}, age_h=30, retrained_h=7), now=NOW) is not None
-    no_champion = Observation(drifted={"a": 1.0}, champion_at=None, last_retrain_at=None)
+    no_champion = Observation(
+        drifted={"a": 1.0}, accuracy_drops={"a": 0.5}, champion_at=None, last_retrain_at=None
+    )
     assert decide(RetrainPolicy(drift_nodes=1), no_champion, now=NOW) is None
 
 
