@@ -2,6 +2,7 @@
 
 =================  ===========================================================================
 ``POST /predict``  ``{"inputs": [row, ...]}`` → ``{"version", "predictions", "probabilities"}``
+                   (or the rows as raw float32 bytes, ``Content-Type: application/octet-stream``)
 ``GET /model``     the version in use: round, federation, created, expiry (and if it expired)
 ``GET /health``    200 while a model is served (with any problem noticed), 503 before one is
 ``GET /metrics``   Prometheus text: requests, latency, rows, version in use, swaps
@@ -35,7 +36,7 @@ from federator import RequestRejected
 from federator.client.serving.drift import Reference
 from federator.client.serving.events import EventLog
 from federator.client.serving.holder import Change, Loader, ModelHolder, Refresh, Watcher
-from federator.client.serving.inputs import Limits, parse_inputs
+from federator.client.serving.inputs import RAW_FLOAT32, Limits, parse_inputs, parse_raw
 from federator.client.serving.metrics import ServeMetrics
 from federator.client.serving.model import Prediction, ServedModel
 from federator.client.serving.monitor import DEFAULT_WINDOW_ROWS, TrafficMonitor
@@ -126,7 +127,8 @@ class _Service:
             )
         body = await _read_limited(request, self.settings.limits.max_body_bytes)
         route = self.holder.route()
-        batch = parse_inputs(
+        raw = request.headers.get("content-type", "").split(";")[0].strip() == RAW_FLOAT32
+        batch = (parse_raw if raw else parse_inputs)(
             body, input_shape=route.answer.input_shape, limits=self.settings.limits
         )
         answered = self._answer(route.answer, batch)

@@ -6,6 +6,12 @@ numbers as one example has, e.g. 64 for an 8×8 digit) or shaped like one exampl
 not JSON, no ``inputs``, ragged rows, non-numbers, NaN or infinities, the wrong number of
 features, more rows or bytes than the limits allow — is a `RequestRejected` naming what is
 wrong, with the HTTP status to answer (400 malformed, 413 too large, 422 does not fit).
+
+A body sent as ``Content-Type: application/octet-stream`` is the batch itself: little-endian
+float32 numbers, row after row, as many per row as one example has (what
+``array.astype("<f4").tobytes()`` gives). It skips writing and parsing decimal text — most of
+a 28×28 image's request time in JSON — and is checked the same way (whole rows, finite, within
+the limits).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from federator import RequestRejected
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_ROWS = 4096
+RAW_FLOAT32 = "application/octet-stream"  # the Content-Type of a raw float32 batch
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,41 @@ def parse_inputs(
     if not isinstance(document, dict) or "inputs" not in document:
         raise RequestRejected('the body must be a JSON object with "inputs"', status=400)
     return to_batch(document["inputs"], input_shape=input_shape, limits=limits)
+
+
+def parse_raw(
+    body: bytes, *, input_shape: tuple[int, ...], limits: Limits
+) -> npt.NDArray[np.float32]:
+    """The batch in a raw little-endian float32 ``body`` (`RAW_FLOAT32`), shaped
+    ``(n, *input_shape)``; `RequestRejected` otherwise."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestRejected(
+            f"the body has {len(body)} bytes; at most {limits.max_body_bytes} are accepted",
+            status=413,
+        )
+    row_bytes = 4 * math.prod(input_shape)
+    if not body or len(body) % row_bytes:
+        raise RequestRejected(
+            f"a raw float32 body of {len(body)} bytes is not a whole number of rows of "
+            f"{row_bytes} bytes ({math.prod(input_shape)} float32 numbers, input "
+            f"{list(input_shape)})",
+            status=422,
+        )
+    rows = len(body) // row_bytes
+    if rows > limits.max_rows:
+        raise RequestRejected(
+            f"{rows} rows in one request; at most {limits.max_rows} are accepted", status=413
+        )
+    array = np.frombuffer(body, dtype="<f4").astype(np.float32, copy=True)
+    return _finite(array.reshape((rows, *input_shape)))
+
+
+def _finite(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    if not np.isfinite(array).all():
+        rows = array.shape[0]
+        bad = int(np.flatnonzero(~np.isfinite(array.reshape(rows, -1)).all(axis=1))[0])
+        raise RequestRejected(f"row {bad} holds NaN or an infinity", status=422)
+    return np.ascontiguousarray(array)
 
 
 def to_batch(
@@ -80,10 +122,15 @@ def to_batch(
                 status=422,
             )
         array = array.reshape((rows, *input_shape))
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array.reshape(rows, -1)).all(axis=1))[0])
-        raise RequestRejected(f"row {bad} holds NaN or an infinity", status=422)
-    return np.ascontiguousarray(array)
+    return _finite(array)
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_ROWS", "Limits", "parse_inputs", "to_batch"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "RAW_FLOAT32",
+    "Limits",
+    "parse_inputs",
+    "parse_raw",
+    "to_batch",
+]

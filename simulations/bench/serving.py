@@ -7,7 +7,8 @@ cost does not depend on how well it was trained), and measured side by side in o
 * **HTTP, W workers** — ``federator node serve --workers W`` as its own process, driven by
   real HTTP clients (httpx, keep-alive) on the same machine:
   - latency: one client sending single-row requests back to back (p50, p99, and the p50
-    overhead over the direct call);
+    overhead over the direct call), once as JSON and once as a raw float32 body
+    (``Content-Type: application/octet-stream``);
   - throughput: two clients sending 64-row batches; halfway through a new release is
     installed in the store, so the count of failed requests is across a hot swap under load.
 
@@ -38,6 +39,7 @@ import torch
 from rich.console import Console
 
 from federator.client.keys import generate_keys, load_private_key
+from federator.client.serving.inputs import RAW_FLOAT32
 from federator.client.serving.model import load_served
 from federator.client.store import ModelStore
 from federator.client.tasks import resolve_task
@@ -46,6 +48,7 @@ from federator.server.releases import ReleaseSigner
 from federator.simulations.bench._common import print_table
 
 BATCH = 64
+RAW_HEADERS = {"Content-Type": RAW_FLOAT32}
 
 
 def _install(store: ModelStore, key_path: Path, task: str, version: int, folder: Path) -> None:
@@ -126,17 +129,27 @@ def start_service(store: ModelStore, *, workers: int, log: Path) -> Service:
     raise RuntimeError(f"node serve did not start:\n{log.read_text()}")
 
 
-def http_latency(url: str, shape: tuple[int, ...], *, seconds: float) -> tuple[float, float]:
-    """p50 and p99 (ms) of single-row requests sent back to back by one client."""
-    body = {"inputs": np.random.default_rng(0).random((1, *shape)).tolist()}
+def http_latency(
+    url: str, shape: tuple[int, ...], *, seconds: float, raw: bool = False
+) -> tuple[float, float]:
+    """p50 and p99 (ms) of single-row requests sent back to back by one client. Each
+    request's body is encoded inside the timed span (as a client must), as JSON or, with
+    ``raw``, as float32 bytes."""
+    row = np.random.default_rng(0).random((1, *shape)).astype(np.float32)
+
+    def post(client: httpx.Client) -> httpx.Response:
+        if raw:
+            return client.post("/predict", content=row.tobytes(), headers=RAW_HEADERS)
+        return client.post("/predict", json={"inputs": row.tolist()})
+
     times = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for _ in range(20):  # warm the connection and the service
-            client.post("/predict", json=body)
+            post(client)
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            reply = client.post("/predict", json=body)
+            reply = post(client)
             times.append(time.perf_counter() - t0)
             reply.raise_for_status()
     return _quantiles(times)
@@ -191,6 +204,7 @@ def bench_task(task: str, *, workers: list[int], seconds: float, tmp: Path) -> l
         service = start_service(store, workers=w, log=tmp / task / f"serve-{w}.log")
         try:
             p50, p99 = http_latency(service.url, shape, seconds=seconds)
+            r50, r99 = http_latency(service.url, shape, seconds=seconds, raw=True)
             version += 1
             swap = threading.Event()
             installer = threading.Thread(
@@ -203,12 +217,17 @@ def bench_task(task: str, *, workers: list[int], seconds: float, tmp: Path) -> l
             installer.join()
         finally:
             service.stop()
+        workers_ = f"{w} worker{'s' if w > 1 else ''}"
         rows.append(
             [
-                task, f"HTTP, {w} worker{'s' if w > 1 else ''}", f"{p50:.3f}", f"{p99:.3f}",
+                task, f"HTTP JSON, {workers_}", f"{p50:.3f}", f"{p99:.3f}",
                 f"{p50 - d50:+.3f}", f"{rate:,.0f}",
                 f"{failed} ({', '.join(f'v{v}' for v in sorted(seen))} answered)",
             ]
+        )  # fmt: skip
+        rows.append(
+            [task, f"HTTP raw float32, {workers_}", f"{r50:.3f}", f"{r99:.3f}",
+             f"{r50 - d50:+.3f}", "–", "–"]
         )  # fmt: skip
     return rows
 
