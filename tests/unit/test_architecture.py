@@ -12,6 +12,7 @@ import-linter contracts in pyproject.toml, run by tests/check.py).
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -154,26 +155,46 @@ def test_wire_names_are_spelled_only_in_the_wire_contract() -> None:
 
 
 def test_every_module_imports_on_its_own() -> None:
-    """Each module, imported first in a fresh interpreter, loads: no import cycle hides
-    behind the order in which the tests happen to import things."""
+    """Each module, imported first in a process of its own (forked after the third-party
+    packages are loaded, with none of ours: `tests/import_alone.py`), loads: no import cycle
+    hides behind the order in which the tests happen to import things."""
     import subprocess
     import sys
-    from concurrent.futures import ThreadPoolExecutor
-
-    def load(module: str) -> str | None:
-        done = subprocess.run(
-            [sys.executable, "-c", f"import {module}"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT.parent,
-            check=False,
-        )
-        return None if done.returncode == 0 else f"{module}: {done.stderr.strip()[-300:]}"
 
     modules = sorted(m for m in _modules() if not m.endswith("_export_child"))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        failures = [f for f in pool.map(load, modules) if f]
-    assert not failures, "\n".join(failures)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "import_alone.py"), *modules],
+        capture_output=True,
+        text=True,
+        cwd=ROOT.parent,
+        check=False,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_an_import_cycle_is_caught(tmp_path: Path) -> None:
+    """The check above fails when it should: two modules importing each other's names."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "federator_cycle_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from federator_cycle_probe.b import B\nA = 1\n")
+    (pkg / "b.py").write_text("from federator_cycle_probe.a import A\nB = 2\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "import_alone.py"), "federator_cycle_probe.a"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+        timeout=280,
+    )
+    assert done.returncode == 1
+    assert "federator_cycle_probe.a:" in done.stdout
+    assert "partially initialized module" in done.stdout
 
 
 def _flower_internals(source: str) -> list[str]:
