@@ -70,7 +70,10 @@ class InstalledAccuracy(_Strict):
 
 
 class ServingReport(_Strict):
-    """A node's model service since it started, and what happened since the last report."""
+    """A node's model service since it started, and what happened since the last report.
+    ``service`` False: the node serves nothing, and the report only carries ``installed``."""
+
+    service: bool = True
 
     version: Count | None = None  # the version the service answered with most recently
     requests: Count = 0  # running totals
@@ -93,9 +96,9 @@ def serving_report(store_root: Path, *, installed: InstalledAccuracy | None = No
     """The report to send now (JSON text), or None if this node's service never ran and
     there is no ``installed`` accuracy to tell."""
     folder = store_root / FOLDER
-    if not folder.is_dir():
-        return (
-            ServingReport(installed=installed).model_dump_json(exclude_defaults=True)
+    if not (events_path(store_root).exists() or windows_path(store_root).exists()):
+        return (  # no service has recorded anything here: no traffic to report
+            ServingReport(service=False, installed=installed).model_dump_json(exclude_defaults=True)
             if installed
             else None
         )

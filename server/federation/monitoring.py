@@ -77,6 +77,11 @@ def serving_metrics(reports: Iterable[NodeServing]) -> dict[str, float]:
     m: dict[str, float] = {}
     for node in reports:
         r, key = node.report, f"serving/{node.pseudonym}"
+        if r.installed is not None:
+            m[f"{key}/{INSTALLED_ACCURACY}"] = r.installed.accuracy
+            m[f"{key}/{INSTALLED_VERSION}"] = r.installed.version
+        if not r.service:
+            continue
         m[f"{key}/requests"] = r.requests
         m[f"{key}/rows"] = r.rows
         m[f"{key}/fallbacks"] = r.fallbacks
@@ -87,9 +92,6 @@ def serving_metrics(reports: Iterable[NodeServing]) -> dict[str, float]:
             m[f"{key}/ks_max"] = r.drift.ks_max
             m[f"{key}/psi_max"] = r.drift.psi_max
             m[f"{key}/prediction_js"] = r.drift.prediction_js
-        if r.installed is not None:
-            m[f"{key}/{INSTALLED_ACCURACY}"] = r.installed.accuracy
-            m[f"{key}/{INSTALLED_VERSION}"] = r.installed.version
     return m
 
 

@@ -81,4 +81,10 @@ def test_it_rides_in_the_report_even_without_a_service(tmp_path: Path, store: Mo
     assert serving_report(tmp_path / "no-store") is None
     text = serving_report(tmp_path / "no-store", installed=measured)
     assert text is not None
-    assert parse_report(text).installed == measured
+    report = parse_report(text)
+    assert report.installed == measured
+    assert report.service is False
+    from federator.server.federation.monitoring import NodeServing, serving_metrics
+
+    logged = serving_metrics([NodeServing(pseudonym="p", report=report)])
+    assert logged == {"serving/p/installed_accuracy": 0.5, "serving/p/installed_version": 2}
