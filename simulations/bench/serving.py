@@ -155,6 +155,21 @@ def http_latency(
     return _quantiles(times)
 
 
+def http_floor(url: str, *, seconds: float) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``GET /health`` back to back: the HTTP round trip itself (client,
+    server, no model), the part of the overhead no request format can remove."""
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(20):
+            client.get("/health")
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            client.get("/health").raise_for_status()
+            times.append(time.perf_counter() - t0)
+    return _quantiles(times)
+
+
 def throughput_across_swap(
     url: str, shape: tuple[int, ...], *, seconds: float, swap: threading.Event
 ) -> tuple[float, int, set[int]]:
@@ -205,6 +220,7 @@ def bench_task(task: str, *, workers: list[int], seconds: float, tmp: Path) -> l
         try:
             p50, p99 = http_latency(service.url, shape, seconds=seconds)
             r50, r99 = http_latency(service.url, shape, seconds=seconds, raw=True)
+            f50, f99 = http_floor(service.url, seconds=seconds / 2)
             version += 1
             swap = threading.Event()
             installer = threading.Thread(
@@ -228,6 +244,10 @@ def bench_task(task: str, *, workers: list[int], seconds: float, tmp: Path) -> l
         rows.append(
             [task, f"HTTP raw float32, {workers_}", f"{r50:.3f}", f"{r99:.3f}",
              f"{r50 - d50:+.3f}", "–", "–"]
+        )  # fmt: skip
+        rows.append(
+            [task, f"GET /health (HTTP floor), {workers_}", f"{f50:.3f}", f"{f99:.3f}", "–", "–",
+             "–"]
         )  # fmt: skip
     return rows
 
