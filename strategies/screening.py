@@ -46,11 +46,13 @@ class ClientReply:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A refused reply and why."""
+    """A refused reply and why. ``message``: the reply itself, when there was one (what else
+    it carries — a node's serving report — is still read; its update is not)."""
 
     node_id: int
     label: str
     reason: str
+    message: Message | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,9 @@ def screen_replies(
         try:
             accepted.append(_screen_one(msg, expected))
         except UpdateRejected as err:
-            rejected.append(Rejection(msg.metadata.src_node_id, reply_label(msg), err.reason))
+            rejected.append(
+                Rejection(msg.metadata.src_node_id, reply_label(msg), err.reason, message=msg)
+            )
     accepted.sort(key=lambda r: (r.label, r.node_id))
     if accepted:
         shared = set.intersection(*(set(r.metrics) for r in accepted))

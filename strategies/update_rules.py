@@ -106,7 +106,7 @@ def screen_updates(screened: Screened, global_arrays: ArrayRecord, rules: Update
         reasons = _direction(updates, reasons, rules.min_cosine)
     kept = [r for r, why in zip(screened.accepted, reasons, strict=True) if why is None]
     refused = [
-        Rejection(r.node_id, r.label, why)
+        Rejection(r.node_id, r.label, why, message=r.message)
         for r, why in zip(screened.accepted, reasons, strict=True)
         if why is not None
     ]

@@ -43,6 +43,7 @@ def _merge(earlier: ServingReport, later: ServingReport) -> ServingReport:
         update={
             "version": later.version if later.version is not None else earlier.version,
             "drift": later.drift or earlier.drift,
+            "installed": later.installed or earlier.installed,
             "events": (earlier.events + later.events)[-MAX_EVENTS:],
         }
     )

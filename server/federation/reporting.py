@@ -53,12 +53,14 @@ class RoundReport:
         ]
 
     def with_serving(self, outcome: RoundOutcome, *screened: Screened | None) -> RoundOutcome:
-        """``outcome`` with the serving reports its accepted replies carried (a report that
-        does not validate is a refusal of the report, not of the update)."""
-        collected = collect(
-            [r.message for s in screened if s is not None for r in s.accepted],
-            pseudonym=self._pseudonym,
-        )
+        """``outcome`` with the serving reports its replies carried — rejected updates'
+        replies too: screening refuses an update, not what the node says of its service (a
+        report that does not validate is a refusal of the report, not of the update)."""
+        replies = [
+            *(r.message for s in screened if s is not None for r in s.accepted),
+            *(r.message for s in screened if s is not None for r in s.rejected if r.message),
+        ]
+        collected = collect(replies, pseudonym=self._pseudonym)
         refused = [
             ClientRefusal(pseudonym=p, phase="serving", reason=why) for p, why in collected.refused
         ]

@@ -79,3 +79,26 @@ def test_reports_are_merged_per_node_and_bad_ones_refused() -> None:
     assert "fell-back v4: boom" in line
     again = outcome_from_record(outcome_record(outcome, version=None))
     assert again.serving == outcome.serving
+
+
+def test_a_rejected_update_still_delivers_its_serving_report() -> None:
+    """Screening refuses the update (no metrics at all); what the node says of its model
+    service still reaches the round, under the directory's pseudonym."""
+    from types import SimpleNamespace
+
+    from federator.server.federation.reporting import RoundReport
+    from federator.strategies import screen_replies
+
+    report = ServingReport(version=2, requests=7, rows=7, fallbacks=1)
+    screened = screen_replies([_reply(5, report.model_dump_json())], expected=None)
+    assert screened.accepted == []
+    assert len(screened.rejected) == 1
+    directory = SimpleNamespace(entry=lambda node_id: SimpleNamespace(pseudonym=f"p{node_id}"))
+    outcome = RoundOutcome(
+        round=1, status=RoundStatus.SKIPPED, arrays=None, sampled=1, train_clients=[],
+        eval_clients=[], refusals=[], train_metrics={}, eval_metrics={}, server_eval=None,
+        decision=None, wall_time=1.0,
+    )  # fmt: skip
+    got = RoundReport(directory).with_serving(outcome, screened)  # type: ignore[arg-type]
+    [node] = got.serving
+    assert (node.pseudonym, node.report.fallbacks) == ("p5", 1)
