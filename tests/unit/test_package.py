@@ -22,6 +22,7 @@ PUBLIC = {
         "PrivacyBudgetExhausted",
         "RegistryError",
         "ReleaseRefused",
+        "PredictionFailed",
         "RequestRejected",
         "SignatureInvalid",
         "TaskBundleRefused",
