@@ -10,10 +10,13 @@ the accuracy the same node reported for that version when it was trained
 (`federator.server.tracking.serving_view.observe`); the ``[retrain]`` policy's
 ``accuracy_drop`` retrains when it has fallen on enough nodes.
 
-It costs one evaluation per installed version and federation run: the result is kept in
-``<store>/serving/accuracy.json`` under the version and the run, and reused for the rest of
-that run's rounds. A version that no longer verifies or loads, or that was trained for
-another input shape, is simply not reported: the reply goes out as it would have.
+It costs one evaluation per federation run: the first evaluate of a run measures the version
+installed when the run reached this node, and ``<store>/serving/accuracy.json`` keeps the
+result for the rest of that run. Versions installed later in the same run were trained in it,
+on this data: their accuracy here is the one the node has just reported for their round, so
+measuring them again would repeat that work every round. A version that no longer verifies
+or loads, or that was trained for another input shape, is simply not reported: the reply
+goes out as it would have.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class _Kept(BaseModel):
 def installed_accuracy(
     store_root: Path, *, run: int, task: Task, val: ArrayData
 ) -> InstalledAccuracy | None:
-    """The installed version's accuracy on ``val`` (kept for the rest of ``run``), or None
-    if nothing usable is installed."""
+    """The accuracy on ``val`` of the version installed when ``run`` first asked (kept for
+    the rest of the run), or None if nothing usable is installed."""
     try:
         store = ModelStore.reopen(store_root)
         version = store.current_version()
@@ -56,7 +59,7 @@ def installed_accuracy(
         return None
     cache = store_root / FOLDER / _CACHE
     kept = _read(cache)
-    if kept is not None and kept.run == run and kept.measured.version == version:
+    if kept is not None and kept.run == run:
         return kept.measured
     try:
         stored_task = store.task(version)

@@ -125,8 +125,7 @@ def watch(
         if not policy.active:
             raise ConfigError(
                 f"{config}: [retrain] sets no trigger (drift_nodes, accuracy_drop or "
-                "max_age_hours): "
-                "nothing to watch for"
+                "max_age_hours): nothing to watch for"
             )
         client = open_client(plan.tracking.uri)
         while True:

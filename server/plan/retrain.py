@@ -9,7 +9,7 @@ the champion. Triggers, each off unless set:
   ``drift_features`` of its input features fail the KS test (Bonferroni-corrected, on the node);
 * ``accuracy_drop`` — on at least ``accuracy_nodes`` nodes the champion's accuracy on the
   node's own validation split has fallen by more than this since the round that trained it
-  (each node evaluates the version it has installed when it next evaluates:
+  (each node evaluates the version it has installed at its first evaluation of a run:
   `federator.client.serving.accuracy`);
 * ``max_age_hours`` — the champion is older than this (a schedule).
 

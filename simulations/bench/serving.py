@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -129,12 +130,29 @@ def start_service(store: ModelStore, *, workers: int, log: Path) -> Service:
     raise RuntimeError(f"node serve did not start:\n{log.read_text()}")
 
 
+def _timed(
+    url: str, call: Callable[[httpx.Client], httpx.Response], *, seconds: float
+) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``call`` made back to back by one client (after 20 to warm the
+    connection and the service)."""
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(20):
+            call(client)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            reply = call(client)
+            times.append(time.perf_counter() - t0)
+            reply.raise_for_status()
+    return _quantiles(times)
+
+
 def http_latency(
     url: str, shape: tuple[int, ...], *, seconds: float, raw: bool = False
 ) -> tuple[float, float]:
-    """p50 and p99 (ms) of single-row requests sent back to back by one client. Each
-    request's body is encoded inside the timed span (as a client must), as JSON or, with
-    ``raw``, as float32 bytes."""
+    """Single-row requests. Each request's body is encoded inside the timed span (as a
+    client must), as JSON or, with ``raw``, as float32 bytes."""
     row = np.random.default_rng(0).random((1, *shape)).astype(np.float32)
 
     def post(client: httpx.Client) -> httpx.Response:
@@ -142,32 +160,13 @@ def http_latency(
             return client.post("/predict", content=row.tobytes(), headers=RAW_HEADERS)
         return client.post("/predict", json={"inputs": row.tolist()})
 
-    times = []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(20):  # warm the connection and the service
-            post(client)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            reply = post(client)
-            times.append(time.perf_counter() - t0)
-            reply.raise_for_status()
-    return _quantiles(times)
+    return _timed(url, post, seconds=seconds)
 
 
 def http_floor(url: str, *, seconds: float) -> tuple[float, float]:
-    """p50 and p99 (ms) of ``GET /health`` back to back: the HTTP round trip itself (client,
-    server, no model), the part of the overhead no request format can remove."""
-    times = []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(20):
-            client.get("/health")
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            client.get("/health").raise_for_status()
-            times.append(time.perf_counter() - t0)
-    return _quantiles(times)
+    """``GET /health``: the HTTP round trip itself (client, server, no model), the part of
+    the overhead no request format can remove."""
+    return _timed(url, lambda client: client.get("/health"), seconds=seconds)
 
 
 def throughput_across_swap(

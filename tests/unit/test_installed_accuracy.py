@@ -47,25 +47,31 @@ def _by_hand(store: ModelStore, version: int, val: ArrayData) -> float:
     return float((predicted == val.y).mean())
 
 
-def test_the_installed_version_is_evaluated_once_per_run(store: ModelStore, val: ArrayData) -> None:
+def test_the_installed_version_is_evaluated_once_per_run(
+    store: ModelStore, val: ArrayData, tmp_path: Path
+) -> None:
     measured = installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val)
     assert measured is not None
     assert (measured.version, measured.examples) == (2, 300)
     assert measured.accuracy == pytest.approx(_by_hand(store, 2, val), abs=1e-12)
-    # Kept for the rest of run 7: the weights are no longer even read.
+    # Kept for the rest of run 7, even once a version trained in run 7 is installed (the node
+    # has just reported its accuracy for its round): the weights are not even read again.
     (store.root / "versions" / "2" / "weights.safetensors").write_bytes(b"damaged")
-    assert installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val) == measured
-    # Run 8 evaluates again, and a version that no longer verifies is not reported.
-    assert installed_accuracy(store.root, run=8, task=DIGITS_MLP, val=val) is None
-
-
-def test_another_version_or_input_shape(store: ModelStore, val: ArrayData) -> None:
-    installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val)
     store.rollback()
-    again = installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val)
+    assert installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val) == measured
+    # Run 8 measures what is installed now.
+    again = installed_accuracy(store.root, run=8, task=DIGITS_MLP, val=val)
     assert again is not None
     assert again.version == 1
     assert again.accuracy == pytest.approx(_by_hand(store, 1, val), abs=1e-12)
+
+
+def test_a_damaged_version_or_another_input_shape_is_not_reported(
+    store: ModelStore, val: ArrayData
+) -> None:
+    (store.root / "versions" / "2" / "weights.safetensors").write_bytes(b"damaged")
+    assert installed_accuracy(store.root, run=7, task=DIGITS_MLP, val=val) is None
+    store.rollback()
     images = ArrayData(np.zeros((5, 1, 8, 8), np.float32), np.zeros(5, np.int64))
 
     class Images:  # the instructed task expects another input shape than the stored one
