@@ -33,7 +33,11 @@ def main() -> int:
         ("ruff format", [str(BIN / "ruff"), "format", "--check", "."]),
         ("mypy (strict)", [str(BIN / "mypy"), "-p", "federator"]),
         ("import contracts", [str(BIN / "lint-imports"), "--no-cache"]),
-        ("unit tests", [sys.executable, "-m", "pytest", "tests/unit", "-q", "--timeout", "300"]),
+        # The unit tests run on every core (pytest-xdist): one process would leave a core idle.
+        (
+            "unit tests",
+            [sys.executable, "-m", "pytest", "tests/unit", "-q", "--timeout", "300", "-n", "auto"],
+        ),
     ]
     if not unit_only:
         steps.append(

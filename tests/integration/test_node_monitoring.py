@@ -34,6 +34,7 @@ from federator.simulations.datasets import ArrayData
 
 pytestmark = pytest.mark.integration
 NAME, SEED = "e2e-monitor", 11  # write_config's seed
+PACE = 0.02  # seconds between one client's requests
 
 
 def _pseudonym(label: str) -> str:
@@ -75,7 +76,9 @@ class _Traffic(threading.Thread):
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=10) as client:
             i = 0
-            while not self.stop.is_set():
+            # Paced (~50 requests/s per node): steady traffic for the drift windows and the
+            # swaps, without taking the core the federation under test trains on.
+            while not self.stop.wait(PACE):
                 chunk = self.rows[(i * 10) % len(self.rows) :][:10]
                 reply = client.post("/predict", json={"inputs": chunk.tolist()})
                 self.statuses.append(reply.status_code)

