@@ -54,18 +54,24 @@ def wait_for(proc: subprocess.Popen[str], marker: str, *, timeout: float) -> str
     pytest.fail(f"{marker!r} not seen (exit {proc.poll()}):\n{cli_output(proc)}")
 
 
-def stop_cli(proc: subprocess.Popen[str], *, grace: float = 40) -> int:
-    """SIGTERM the process (our CLI stops its Flower children), wait, then check the whole
-    process group is gone."""
-    if proc.poll() is None:
+def stop_cli(*procs: subprocess.Popen[str], grace: float = 40) -> None:
+    """SIGTERM the processes together (our CLI stops its Flower children), then wait for each:
+    they shut down side by side, not one after the other. One still running after ``grace``
+    seconds is killed with its process group and fails the test."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    stuck = []
+    for proc in running:
         try:
-            proc.wait(timeout=grace)
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-            pytest.fail(f"pid {proc.pid} did not stop on SIGTERM")
-    return proc.returncode
+            stuck.append(proc.pid)
+    if stuck:
+        pytest.fail(f"pid(s) {stuck} did not stop on SIGTERM")
 
 
 def group_members(pgid: int) -> list[int]:
@@ -117,8 +123,11 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "coordinator": coordinator,
         }
     finally:
-        for proc in reversed(started):
-            stop_cli(proc)
+        # The nodes (and any submitter) first, all at once, while the SuperLink they
+        # deregister from is still up; then the coordinator(s).
+        coordinators = [p for p in started if p.args[1] == "coordinator"]  # type: ignore[index]
+        stop_cli(*(p for p in started if p not in coordinators))
+        stop_cli(*coordinators)
         for proc in started:
             assert group_members(proc.pid) == [], f"processes left behind by pid {proc.pid}"
 
