@@ -7,10 +7,12 @@ Simulation Engine is exercised by the integration tests.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
@@ -186,3 +188,13 @@ def run_in_process(plan: Any, grid: FakeGrid, *, keys: Any = None) -> tuple[Any,
         exchange=exchange,
     ).run()
     return directory, rec
+
+
+@contextmanager
+def without_gc_collect() -> Iterator[None]:
+    """Flower's Bulyan reads its replies with `to_numpy_ndarrays(keep_input=False)`, which runs
+    a full `gc.collect()` after every array. That changes no value, but in a test process that
+    holds torch, MLflow and every earlier test's objects each call costs ~70 ms (100 s of one
+    Hypothesis test). Flower's strategies run under this in our comparisons."""
+    with mock.patch.object(gc, "collect", return_value=0):
+        yield

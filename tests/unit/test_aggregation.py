@@ -8,13 +8,11 @@ sums in float32, we in float64) and the same metrics.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator, Sequence
-from unittest import mock
 
 import numpy as np
 import pytest
-from fakes import instruction, server_identity
+from fakes import instruction, server_identity, without_gc_collect
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -85,10 +83,7 @@ def _compare(
     *,
     bitwise: bool = False,
 ) -> None:
-    # Flower's Bulyan reads its replies with `to_numpy_ndarrays(keep_input=False)`, which runs
-    # a full `gc.collect()` after every array: no value changes, but each costs ~70 ms in a
-    # test process that has loaded torch and MLflow (100 s of this test's 40 examples).
-    with mock.patch.object(gc, "collect", return_value=0):
+    with without_gc_collect():
         expected, expected_metrics = flower.aggregate_train(1, _replies(models, w))
     got, metrics = ours(flower).aggregate_train(1, _replies(models, w))
     assert expected is not None

@@ -3,11 +3,10 @@ aggregate equals Flower's on the benchmark's own inputs."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
-from unittest import mock
 
 import pytest
+from fakes import without_gc_collect
 
 from federator.simulations.bench.aggregation import Case, in_subprocess, max_delta, measure
 
@@ -30,10 +29,7 @@ N, P = 24, 3000  # Krum's f = 10 needs more than 2f + 2 = 22 replies
 def test_each_case_runs_and_agrees_with_flower(method: str, flower: str, tmp_path: Path) -> None:
     ours_out, flower_out = str(tmp_path / "ours.npy"), str(tmp_path / "flower.npy")
     ours = measure(Case(method, "ours", N, P, repeats=2, out=ours_out))
-    # Flower's Bulyan runs `gc.collect()` after each array it reads, which in this test process
-    # (torch, MLflow, every other test's objects loaded) costs ~70 ms apiece; the benchmark
-    # measures it in a fresh process. It changes no value.
-    with mock.patch.object(gc, "collect", return_value=0):
+    with without_gc_collect():  # the benchmark itself runs each case in a fresh process
         theirs = measure(Case(method, flower, N, P, repeats=2, out=flower_out))
     for result in (ours, theirs):
         assert result["seconds"] > 0
